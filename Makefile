@@ -1,0 +1,221 @@
+# kd-companion: the two commands are `make book` and `make test`.
+#
+#   make setup              .venv (pinned requirements, kdutils editable, a Jupyter
+#                           kernel), system packages (apt), MathJax for offline math
+#   make book               papermill -> _build/$(PROFILE)/executed, then Jupyter Book
+#                           renders those copies (no second execution)
+#   make book PROFILE=smoke the same with the tiny profile
+#   make test               ruff, unit tests, smoke notebooks (papermill), nbval
+#                           re-execution from an empty cache, book with warnings as
+#                           errors, headless-browser check of the built pages
+#   make bench              bench/bench_train.py
+#   make clean / distclean  remove _build / also .venv, .cache, _offline
+#
+# Every target is incremental: a notebook is re-executed only when it or a file
+# under kdutils/ changed; `make test` always executes the smoke notebooks anew.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DELETE_ON_ERROR:
+.SUFFIXES:
+MAKEFLAGS += --no-builtin-rules
+.DEFAULT_GOAL := help
+
+PROFILE ?= quick
+# Where kdutils caches teachers and finished runs (read by the package).
+KD_CACHE_DIR ?= $(CURDIR)/.cache/kdutils
+export KD_CACHE_DIR
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# A kernel registered inside the venv, so papermill runs the venv's python.
+KERNEL ?= kdutils
+CHROMIUM ?= /usr/bin/chromium
+BUILD ?= _build
+
+NOTEBOOKS ?= $(sort $(wildcard notebooks/*.ipynb))
+PKG_FILES := $(shell find kdutils -type f ! -path '*/__pycache__/*' ! -name '*.py[co]' 2>/dev/null)
+LINT_PATHS ?= $(wildcard kdutils tests bench scripts notebooks)
+
+# Per-profile build tree:
+#   executed/notebooks/NN.ipynb  papermill outputs (executed copies)
+#   src/                         assembled Jupyter Book source
+#   _build/html/                 the rendered book
+PROFILE_DIR = $(BUILD)/$(PROFILE)
+EXEC_DIR = $(PROFILE_DIR)/executed
+SRC_DIR = $(PROFILE_DIR)/src
+HTML_DIR = $(PROFILE_DIR)/_build/html
+EXECUTED = $(patsubst %,$(EXEC_DIR)/%,$(NOTEBOOKS))
+GEN_DIR := $(BUILD)/generated
+GEN_STAMP := $(GEN_DIR)/.stamp
+JB_FLAGS ?=
+
+# MathJax 3 from the npm registry, unpacked into a git-ignored folder that Sphinx
+# copies into the built book's _static/mathjax/ (html_extra_path in _config.yml),
+# so equations render without the network.
+MATHJAX_VERSION := 3.2.2
+MATHJAX_SHA256 := 1b9c0a1c44df864e915690558e72adb9cc5203360daefd385084ced3b6c64c09
+MATHJAX_TGZ := .cache/npm/mathjax-$(MATHJAX_VERSION).tgz
+MATHJAX_DIR := _offline/_static/mathjax
+MATHJAX_STAMP := $(MATHJAX_DIR)/.version-$(MATHJAX_VERSION)
+# The one combined component the book loads (TeX input, all extensions, CommonHTML
+# output, its woff fonts), and what MathJax's menu may load on demand (renderer
+# switch, accessibility); not the other combined bundles.
+MATHJAX_FILES := tex-chtml-full.js core.js loader.js startup.js \
+	input output ui a11y sre adaptors
+
+SETUP_STAMP := $(VENV)/.kd-setup-stamp
+# Tools run as `python -m` / `python -c` of the venv (no reliance on script shebangs).
+JB := $(PY) -c 'import sys; from jupyter_book.cli.main import main; \
+	sys.argv[0] = "jupyter-book"; sys.exit(main())'
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
+TIMED := bash scripts/timed
+TEST_TIMINGS := $(BUILD)/test-timings.txt
+
+.PHONY: help setup sysdeps book executed assemble bench clean distclean \
+	test test-lint test-unit test-notebooks test-nbval test-book test-browser
+
+help:
+	@sed -n '1,15p' Makefile | sed 's/^# \{0,1\}//'
+
+# ---------------------------------------------------------------- setup
+
+setup: sysdeps $(SETUP_STAMP) $(MATHJAX_STAMP)
+
+$(SETUP_STAMP): requirements.txt $(wildcard pyproject.toml)
+	@test -x $(PY) || { echo "creating $(VENV)"; $(PYTHON) -m venv $(VENV); }
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt
+ifneq ($(wildcard pyproject.toml),)
+	$(PY) -m pip install --disable-pip-version-check -q -e .
+endif
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) \
+		--display-name "Python 3 (kdutils)" >/dev/null
+	@touch $@
+
+# Debian packages: the embedded data set and the browser for tests/browser;
+# npm only to fetch MathJax. Installed only when missing and apt-get exists.
+sysdeps:
+	@missing=""; \
+	[ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
+	[ -x $(CHROMIUM) ] || missing="$$missing chromium"; \
+	[ -f $(MATHJAX_STAMP) ] || command -v npm >/dev/null || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
+	  if command -v apt-get >/dev/null; then \
+	    echo "apt-get install:$$missing"; \
+	    $(SUDO) apt-get update -q; \
+	    DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	  else \
+	    echo "warning: missing$$missing and no apt-get: install them yourself" >&2; \
+	  fi; \
+	fi
+
+$(MATHJAX_TGZ):
+	@mkdir -p $(@D)
+	cd $(@D) && npm pack --silent mathjax@$(MATHJAX_VERSION) >/dev/null
+	echo "$(MATHJAX_SHA256)  $@" | sha256sum -c --quiet -
+
+$(MATHJAX_STAMP): $(MATHJAX_TGZ)
+	rm -rf $(MATHJAX_DIR) && mkdir -p $(MATHJAX_DIR)
+	tar -xzf $< -C $(MATHJAX_DIR) --strip-components=2 \
+		$(addprefix package/es5/,$(MATHJAX_FILES))
+	@touch $@
+
+# ---------------------------------------------------------------- book
+
+# papermill writes to a scratch path first: a failed run never leaves a fresh-looking
+# output behind. The kernel's cwd is the output's folder, as it is for nbval.
+# Progress-bar redraws are then squashed to what a terminal shows (see the script).
+$(EXEC_DIR)/notebooks/%.ipynb: notebooks/%.ipynb $(PKG_FILES) | setup
+	@mkdir -p $(@D) $(EXEC_DIR)/.partial
+	@echo "papermill: $< (profile=$(PROFILE), KD_CACHE_DIR=$(KD_CACHE_DIR))"
+	@$(TIMED) "execute $< [$(PROFILE)]" $(PY) -m papermill --kernel $(KERNEL) \
+		--cwd $(@D) -p profile $(PROFILE) $< $(EXEC_DIR)/.partial/$(@F) \
+		|| { echo "papermill failed: see $(EXEC_DIR)/.partial/$(@F)" >&2; exit 1; }
+	@$(PY) scripts/squash_streams.py $(EXEC_DIR)/.partial/$(@F)
+	@mv $(EXEC_DIR)/.partial/$(@F) $@
+
+executed: $(EXECUTED)
+
+$(GEN_STAMP): $(PKG_FILES) | setup
+	rm -rf $(GEN_DIR) && mkdir -p $(GEN_DIR)
+	$(PY) -m kdutils figures --out $(GEN_DIR)
+	@touch $@
+
+# The book source: config, prose, generated figures, MathJax, the local Sphinx
+# extension and the executed notebooks, copied with their timestamps so that
+# Sphinx rebuilds only the pages that changed.
+assemble: $(EXECUTED) $(GEN_STAMP) | setup
+	rm -rf $(SRC_DIR) && mkdir -p $(SRC_DIR)/notebooks
+	cp -p _config.yml _toc.yml $(SRC_DIR)/
+	cp -pR book _offline $(SRC_DIR)/
+	mkdir -p $(SRC_DIR)/scripts && cp -p scripts/sphinx_*.py $(SRC_DIR)/scripts/
+	rm -rf $(SRC_DIR)/book/_generated
+	mkdir -p $(SRC_DIR)/book/_generated
+	cp -p $(GEN_DIR)/* $(SRC_DIR)/book/_generated/
+	$(if $(EXECUTED),cp -p $(EXECUTED) $(SRC_DIR)/notebooks/)
+
+book: assemble
+	@$(TIMED) "jupyter-book build [$(PROFILE)]" $(JB) build \
+		$(SRC_DIR) --path-output $(PROFILE_DIR) $(JB_FLAGS)
+	@$(PY) scripts/nb_timings.py $(EXECUTED)
+	@echo "Book: $(abspath $(HTML_DIR))/index.html"
+
+# ---------------------------------------------------------------- test
+
+test: setup
+	@mkdir -p $(BUILD) && rm -f $(TEST_TIMINGS)
+	@export KD_TIMINGS=$(TEST_TIMINGS); \
+	for stage in lint unit notebooks nbval book browser; do \
+	  echo "=== make test-$$stage"; \
+	  $(TIMED) "test-$$stage" $(MAKE) --no-print-directory test-$$stage; \
+	done
+	@echo "=== stage timings"; cat $(TEST_TIMINGS)
+
+test-lint: | setup
+	$(PY) -m ruff check $(LINT_PATHS)
+
+test-unit: | setup
+	$(PY) -m pytest -q tests --ignore=tests/browser
+
+# Every smoke notebook executed anew, training from an empty cache.
+test-notebooks: | setup
+	$(if $(NOTEBOOKS),,$(error no notebooks/*.ipynb to test))
+	rm -rf $(BUILD)/smoke/executed
+	@cache=$$(mktemp -d "$${TMPDIR:-/tmp}/kd-cache-XXXXXX"); \
+	trap 'rm -rf "$$cache"' EXIT; \
+	$(MAKE) --no-print-directory PROFILE=smoke KD_CACHE_DIR=$$cache executed
+
+# nbval re-executes the executed smoke notebooks with another empty cache and
+# compares every output strictly (see scripts/nbval_sanitize.cfg for what may
+# vary, scripts/nbval_ignore_stderr.py for why stderr is not compared).
+test-nbval: | setup
+	$(if $(NOTEBOOKS),,$(error no notebooks/*.ipynb to test))
+	@cache=$$(mktemp -d "$${TMPDIR:-/tmp}/kd-cache-XXXXXX"); \
+	trap 'rm -rf "$$cache"' EXIT; \
+	set -x; \
+	KD_CACHE_DIR=$$cache PYTHONPATH=scripts$${PYTHONPATH:+:$$PYTHONPATH} \
+	$(PY) -m pytest -q -p nbval_ignore_stderr --nbval --nbval-current-env \
+		--nbval-sanitize-with scripts/nbval_sanitize.cfg \
+		$(patsubst %,$(BUILD)/smoke/executed/%,$(NOTEBOOKS))
+
+# From scratch, so that no page or image left by an earlier build hides a problem.
+test-book: | setup
+	rm -rf $(BUILD)/smoke/_build
+	$(MAKE) --no-print-directory PROFILE=smoke JB_FLAGS="--all -W -n --keep-going" book
+
+test-browser: | setup
+	KD_BOOK_HTML=$(BUILD)/smoke/_build/html KD_BOOK_SRC=$(BUILD)/smoke/src \
+	KD_CHROMIUM=$(CHROMIUM) KD_SCREENSHOTS=$(BUILD)/screenshots \
+		$(PY) -m pytest -q tests/browser
+
+# ---------------------------------------------------------------- misc
+
+bench: setup
+	$(PY) bench/bench_train.py
+
+clean:
+	rm -rf $(BUILD)
+
+distclean: clean
+	rm -rf $(VENV) .cache _offline

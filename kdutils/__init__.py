@@ -1,0 +1,45 @@
+"""kdutils: the package behind the runnable companion to Si & Qi (2023).
+
+``import kdutils as kd`` gives the pieces a notebook needs::
+
+    cfg = kd.make_config("quick", method="kd", seed=0)
+    res = kd.run(cfg)            # trains, or loads the finished run from the cache
+"""
+
+__version__ = "0.1.0"
+
+from . import data, distillers, losses, models, plots, results  # noqa: E402
+from .config import PROFILES, Config, make_config, teacher_config  # noqa: E402
+from .distillers import METHODS, Distiller, build, get_method, register  # noqa: E402
+from .models import capture, create_model, num_params  # noqa: E402
+from .results import Result, load_results, summarize, survey_table1  # noqa: E402
+from .train import evaluate, fit, predict_logits, run  # noqa: E402
+
+__all__ = [
+    "PROFILES",
+    "Config",
+    "make_config",
+    "teacher_config",
+    "METHODS",
+    "Distiller",
+    "build",
+    "get_method",
+    "register",
+    "capture",
+    "create_model",
+    "num_params",
+    "Result",
+    "load_results",
+    "summarize",
+    "survey_table1",
+    "evaluate",
+    "fit",
+    "predict_logits",
+    "run",
+    "data",
+    "distillers",
+    "losses",
+    "models",
+    "plots",
+    "results",
+]

@@ -1,0 +1,161 @@
+"""Command line: ``python -m kdutils {train,methods,models,figures}``."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _hparam(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    name, value = text.split("=", 1)
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name, value
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m kdutils", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="train one run (or load it from the cache)")
+    t.add_argument("--method", default="kd")
+    t.add_argument("--teacher", default=None, help="default: the profile's teacher")
+    t.add_argument("--student", default=None, help="default: the profile's student")
+    t.add_argument("--dataset", default=None, help="default: the profile's dataset")
+    t.add_argument("--profile", default="quick")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=None)
+    t.add_argument(
+        "--set",
+        dest="hparams",
+        type=_hparam,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a method hyperparameter, e.g. --set T=8 (repeatable)",
+    )
+    g = t.add_mutually_exclusive_group()
+    g.add_argument("--resume", action="store_true", help="continue a partial run")
+    g.add_argument("--restart", action="store_true", help="discard a partial run")
+    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    t.add_argument("--no-progress", action="store_true")
+
+    sub.add_parser("methods", help="list the registered methods and their survey sections")
+    sub.add_parser("models", help="list the models with their parameter counts")
+    f = sub.add_parser("figures", help="write the book's generated figures")
+    f.add_argument("--out", type=Path, required=True)
+    return p
+
+
+def _train(args) -> int:
+    import kdutils as kd
+    from kdutils.train import PartialRunExists
+
+    overrides = {"method": args.method, "seed": args.seed}
+    for name in ("teacher", "student", "dataset", "epochs"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
+    cfg = kd.make_config(args.profile, **overrides, **dict(args.hparams))
+    try:
+        res = kd.run(
+            cfg,
+            resume=args.resume,
+            restart=args.restart,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+    except PartialRunExists as e:
+        print(
+            f"error: {e}: pass --resume to continue it or --restart to discard it",
+            file=sys.stderr,
+        )
+        return 2
+    print(f"result: {Path(res.path) / 'result.json'}")
+    return 0
+
+
+def _methods() -> int:
+    import kdutils as kd
+
+    print(f"{'method':<10} {'survey section':<16} description")
+    for name, cls in kd.METHODS.items():
+        summary = (cls.__doc__ or "").strip().splitlines()[0]
+        print(f"{name:<10} {'§' + cls.survey_section:<16} {summary}")
+    return 0
+
+
+def _models() -> int:
+    from kdutils.models import param_check
+
+    for name, n in param_check().items():
+        print(f"{name:<12} {n:>10,d} parameters (3x32x32 input, 10 classes)")
+    return 0
+
+
+def _figures(out: Path) -> int:
+    from kdutils import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    fig = plots.taxonomy()
+    fig.savefig(out / "taxonomy.png", dpi=150, bbox_inches="tight")
+    (out / "profiles.md").write_text(_profiles_table())
+    print(f"wrote {out / 'taxonomy.png'} and {out / 'profiles.md'}")
+    return 0
+
+
+def _profiles_table() -> str:
+    """The profiles as a Markdown table, generated from ``kdutils.PROFILES``."""
+    from kdutils.config import make_config
+
+    rows = [
+        "| profile | data | teacher → student | epochs | batch | lr, schedule | augmentation |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in ("smoke", "quick", "paper"):
+        c = make_config(name)
+        n = f"{c.train_subset:,} training images" if c.train_subset else "full training set"
+        t = f"{c.test_subset:,} test images" if c.test_subset else "full test set"
+        sched = "cosine" if c.schedule == "cosine" else f"x{c.gamma:g} at {list(c.milestones)}"
+        rows.append(
+            f"| `{name}` | {c.dataset}, {n}, {t} | {c.teacher} → {c.student} | {c.epochs} "
+            f"| {c.batch_size} | {c.lr:g}, {sched} | {'yes' if c.augment else 'no'} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from kdutils.data import DataUnavailable
+    from kdutils.train import CheckpointError, NonFiniteLoss
+
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "methods":
+            return _methods()
+        if args.command == "models":
+            return _models()
+        return _figures(args.out)
+    except ValueError as e:  # bad names or hyperparameters: one line, status 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (DataUnavailable, CheckpointError, NonFiniteLoss) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: the last completed epoch is checkpointed; rerun with --resume")
+        return 130

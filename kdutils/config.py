@@ -1,0 +1,216 @@
+"""Experiment configuration: one frozen dataclass and three named profiles.
+
+The defaults of :class:`Config` are the survey's Table-1 setting (CIFAR-10,
+ResNet56 teacher, ResNet20 student, the 240-epoch recipe). A *profile* is a set
+of overrides, nothing more: the same code runs ``smoke``, ``quick`` and
+``paper``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Config", "PROFILES", "make_config", "method_defaults", "teacher_config"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that determines a training run (and so its cache key)."""
+
+    method: str = "kd"
+    dataset: str = "cifar10"
+    student: str = "resnet20"
+    teacher: str | None = "resnet56"
+    # Method hyperparameters under the paper's names, e.g. {"T": 4.0}; the
+    # Distiller's constructor defaults fill in whatever is not given here.
+    method_args: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 240
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "step"  # "step" (milestones x gamma) or "cosine"
+    milestones: tuple[int, ...] = (150, 180, 210)
+    gamma: float = 0.1
+    augment: bool = True
+    train_subset: int | None = None  # first N of a fixed permutation
+    test_subset: int | None = None
+    seed: int = 0
+    teacher_seed: int = 0  # one teacher serves every student seed
+    teacher_epochs: int | None = None  # None: same as ``epochs``
+    profile: str = "paper"
+
+    def __post_init__(self) -> None:
+        # Normalise containers so equal configs compare and hash equally.
+        object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.schedule not in ("step", "cosine"):
+            raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
+        # Fill in the method's defaults: the same experiment always has one key.
+        defaults = method_defaults(self.method, self)
+        args = {**defaults, **self.method_args}
+        for k, v in args.items():  # T=8 and T=8.0 are one experiment
+            if isinstance(defaults.get(k), float) and type(v) is int:
+                args[k] = float(v)
+        object.__setattr__(self, "method_args", dict(sorted(args.items())))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(self.milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        return cls(**d)
+
+    def key_json(self) -> str:
+        """Canonical JSON of every field: the basis of the cache key."""
+        return json.dumps(self.to_dict(), sort_keys=True, default=str)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def name(self) -> str:
+        """Readable run name, e.g. ``kd-resnet56-resnet20-fashion-mnist-s0``."""
+        parts = [self.method]
+        if self.teacher and self.method != "ce":
+            parts.append(self.teacher)
+        parts += [self.student, self.dataset]
+        defaults = method_defaults(self.method)
+        parts += [f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}"
+                  for k, v in self.method_args.items() if defaults.get(k) != v]
+        parts.append(f"s{self.seed}")
+        return "-".join(str(p) for p in parts)
+
+
+# Overrides per profile. ``paper`` is the survey's setting (the defaults).
+# ``quick`` sizes were measured on a 2-core CPU: a 10k Fashion-MNIST subset,
+# 8 epochs, no augmentation (so the teacher's logits are computed once and
+# shared by every KD run), ResNet32 -> ResNet8 (ResNet56 -> ResNet20 does not
+# fit the budget; at 8 epochs ResNet56 was also a worse teacher than ResNet32).
+PROFILES: dict[str, dict[str, Any]] = {
+    "smoke": dict(
+        dataset="fashion-mnist",
+        teacher="resnet14",
+        student="resnet8",
+        epochs=3,
+        batch_size=64,
+        lr=0.05,
+        schedule="cosine",
+        augment=False,
+        train_subset=2000,
+        test_subset=1000,
+    ),
+    "quick": dict(
+        dataset="fashion-mnist",
+        teacher="resnet32",
+        student="resnet8",
+        epochs=8,
+        batch_size=128,
+        lr=0.1,
+        schedule="cosine",
+        augment=False,
+        train_subset=10000,
+        test_subset=None,
+    ),
+    "paper": dict(),
+}
+
+
+def _config_fields() -> set[str]:
+    return {f.name for f in dataclasses.fields(Config)}
+
+
+def make_config(profile: str = "quick", **overrides: Any) -> Config:
+    """Build a :class:`Config` from a profile plus overrides.
+
+    Keyword arguments that are :class:`Config` fields override it; any other
+    keyword is a hyperparameter of the method (``make_config("quick",
+    method="kd", T=8)``) and must be accepted by that method's constructor.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose from: {', '.join(PROFILES)}")
+    fields = _config_fields()
+    base = dict(PROFILES[profile], profile=profile)
+    method_args = dict(overrides.pop("method_args", {}) or {})
+    for k in list(overrides):
+        if k not in fields:
+            method_args[k] = overrides.pop(k)
+    return Config(**{**base, **overrides, "method_args": method_args})
+
+
+def method_defaults(method: str, cfg: Config | None = None) -> dict[str, Any]:
+    """The method's hyperparameters and their defaults, from its constructor.
+
+    With ``cfg``, also checks the method, models, dataset and given arguments.
+    """
+    # Imported here: the registry imports models and losses, not config.
+    from .distillers import get_method
+
+    cls = get_method(method)  # raises on an unknown name
+    params = inspect.signature(cls.__init__).parameters
+    defaults = {
+        k: p.default
+        for k, p in params.items()
+        if k not in ("self", "student", "teacher") and p.default is not inspect.Parameter.empty
+    }
+    if cfg is not None:
+        from .data import check_dataset_name
+        from .models import check_model_name
+
+        check_model_name(cfg.student)
+        if cls.needs_teacher:
+            if cfg.teacher is None:
+                raise ValueError(f"method {method!r} needs a teacher; set teacher=...")
+            check_model_name(cfg.teacher)
+        check_dataset_name(cfg.dataset)
+        unknown = [k for k in cfg.method_args if k not in defaults]
+        if unknown:
+            raise ValueError(
+                f"method {method!r} has no hyperparameter {unknown[0]!r}; "
+                f"it accepts: {', '.join(defaults) or 'none'}"
+            )
+        _check_values(cls, cfg)
+    return defaults
+
+
+def _check_values(cls, cfg: Config) -> None:
+    """Build the method on the meta device: bad values (T <= 0, negative
+    weights) raise here, before any teacher is trained."""
+    import torch
+
+    from .models import create_model
+
+    with torch.device("meta"):
+        student = create_model(cfg.student)
+        teacher = create_model(cfg.teacher) if cls.needs_teacher else None
+        if cls.needs_teacher:
+            cls(student, teacher, **cfg.method_args)
+        else:
+            cls(student, **cfg.method_args)
+
+
+def teacher_config(cfg: Config) -> Config:
+    """The run that trains ``cfg``'s teacher: cross-entropy, same data and recipe."""
+    if cfg.teacher is None:
+        raise ValueError("this config has no teacher")
+    return cfg.replace(
+        method="ce",
+        student=cfg.teacher,
+        teacher=None,
+        method_args={},
+        seed=cfg.teacher_seed,
+        epochs=cfg.teacher_epochs or cfg.epochs,
+        teacher_epochs=None,
+        milestones=cfg.milestones,
+    )

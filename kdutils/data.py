@@ -1,0 +1,315 @@
+"""Datasets held in memory as uint8 tensors, and a batch loader.
+
+Every dataset here is small enough to live in memory (CIFAR-10: 150 MB as
+uint8), so the loader indexes whole batches out of one tensor and augments the
+batch at once: no per-sample Python, no worker processes.
+
+Look-up order for files: explicit ``root``, then ``$KD_DATA_DIR``, then the
+system path (Debian's ``dataset-fashion-mnist``), then the user cache, where
+torchvision downloads when the network allows.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "DATASETS",
+    "CLASS_NAMES",
+    "DataUnavailable",
+    "TensorData",
+    "Loader",
+    "load",
+    "check_dataset_name",
+]
+
+SYSTEM_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
+
+
+class DataUnavailable(RuntimeError):
+    """The dataset's files are not on this machine and cannot be downloaded."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    channels: int
+    size: int
+    classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    crop_padding: int  # standard augmentation: random crop with this padding
+    flip: bool  # ... and a random horizontal flip
+
+
+DATASETS: dict[str, DatasetInfo] = {
+    "fashion-mnist": DatasetInfo(1, 28, 10, (0.2860,), (0.3530,), 2, True),
+    "cifar10": DatasetInfo(
+        3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 4, True
+    ),
+    "cifar100": DatasetInfo(
+        3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 4, True
+    ),
+    # scikit-learn's 8x8 digits, values 0..16 rescaled to 0..255; for unit tests.
+    "digits": DatasetInfo(1, 8, 10, (0.305,), (0.376,), 1, False),
+}
+
+
+CLASS_NAMES: dict[str, list[str]] = {
+    "fashion-mnist": [
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    ],
+    "cifar10": [
+        "airplane", "automobile", "bird", "cat", "deer",
+        "dog", "frog", "horse", "ship", "truck",
+    ],
+    "digits": [str(i) for i in range(10)],
+}
+
+
+def check_dataset_name(name: str) -> None:
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose from: {', '.join(DATASETS)}")
+
+
+@dataclass
+class TensorData:
+    """Images ``(N, C, H, W)`` uint8 and labels ``(N,)`` int64."""
+
+    images: Tensor
+    labels: Tensor
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def info(self) -> DatasetInfo:
+        return DATASETS[self.name]
+
+    def subset(self, n: int | None, seed: int = 0) -> TensorData:
+        """The first ``n`` samples of a fixed permutation (the same for every run)."""
+        if n is None or n >= len(self):
+            return self
+        g = torch.Generator().manual_seed(seed)
+        idx = torch.randperm(len(self), generator=g)[:n].sort().values
+        return TensorData(self.images[idx], self.labels[idx], self.name)
+
+
+def _candidate_roots(name: str, root: str | os.PathLike | None) -> list[Path]:
+    roots = []
+    if root is not None:
+        roots.append(Path(root))
+    if os.environ.get("KD_DATA_DIR"):
+        roots.append(Path(os.environ["KD_DATA_DIR"]))
+    if name in SYSTEM_DIRS:
+        roots.append(SYSTEM_DIRS[name])
+    roots.append(cache_root())
+    return roots
+
+
+def cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "kdutils" / "data"
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (the MNIST format), gzipped or not."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    zero, dtype_code, ndim = raw[0:2], raw[2], raw[3]
+    if zero != b"\x00\x00" or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    shape = struct.unpack(">" + "I" * ndim, raw[4 : 4 + 4 * ndim])
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def _find_idx(folder: Path, stem: str) -> Path | None:
+    for sub in (folder, folder / "FashionMNIST" / "raw"):
+        for suffix in ("", ".gz"):
+            p = sub / f"{stem}{suffix}"
+            if p.exists():
+                return p
+    return None
+
+
+def _load_fashion(train: bool, root) -> TensorData:
+    prefix = "train" if train else "t10k"
+    for folder in _candidate_roots("fashion-mnist", root):
+        img = _find_idx(folder, f"{prefix}-images-idx3-ubyte")
+        lab = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
+        if img and lab:
+            x = torch.from_numpy(_read_idx(img).copy()).unsqueeze(1)
+            y = torch.from_numpy(_read_idx(lab).astype(np.int64))
+            return TensorData(x, y, "fashion-mnist")
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST(str(cache_root()), train=train, download=True)
+    except Exception as e:  # noqa: BLE001 - any download failure means "offline"
+        raise DataUnavailable(
+            "Fashion-MNIST was not found (looked in root, $KD_DATA_DIR, "
+            f"{SYSTEM_DIRS['fashion-mnist']}, {cache_root()}) and could not be "
+            f"downloaded ({type(e).__name__}). On Debian: apt-get install "
+            "dataset-fashion-mnist; or set KD_DATA_DIR to a folder with the IDX files."
+        ) from None
+    return _load_fashion(train, cache_root())
+
+
+_CIFAR_DIRS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
+
+
+def _cifar_files(name: str, train: bool) -> list[str]:
+    if name == "cifar10":
+        return [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
+    return ["train"] if train else ["test"]
+
+
+def _load_cifar(name: str, train: bool, root) -> TensorData:
+    """Read torchvision's on-disk CIFAR format (pickled python batches)."""
+    for folder in _candidate_roots(name, root):
+        d = folder / _CIFAR_DIRS[name]
+        files = [d / f for f in _cifar_files(name, train)]
+        if all(f.exists() for f in files):
+            xs, ys = [], []
+            for f in files:
+                with open(f, "rb") as fh:
+                    entry = pickle.load(fh, encoding="latin1")
+                xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(entry.get("labels", entry.get("fine_labels"))))
+            x = torch.from_numpy(np.concatenate(xs))
+            y = torch.from_numpy(np.concatenate(ys).astype(np.int64))
+            return TensorData(x, y, name)
+    try:
+        from torchvision.datasets import CIFAR10, CIFAR100
+
+        cls = CIFAR10 if name == "cifar10" else CIFAR100
+        cls(str(cache_root()), train=train, download=True)
+    except Exception as e:  # noqa: BLE001 - any download failure means "offline"
+        raise DataUnavailable(
+            f"{name} is not on this machine and could not be downloaded "
+            f"({type(e).__name__}: no network?). Put torchvision's "
+            f"'{_CIFAR_DIRS[name]}' folder under a directory and set KD_DATA_DIR "
+            "to it, or use the offline dataset: --dataset fashion-mnist "
+            "(profiles smoke and quick use it)."
+        ) from None
+    return _load_cifar(name, train, cache_root())
+
+
+def _load_digits(train: bool) -> TensorData:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy((d.images * (255.0 / 16.0)).round().astype(np.uint8)).unsqueeze(1)
+    y = torch.from_numpy(d.target.astype(np.int64))
+    # A fixed 80/20 split.
+    perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    cut = int(0.8 * len(y))
+    idx = perm[:cut] if train else perm[cut:]
+    idx = idx.sort().values
+    return TensorData(x[idx], y[idx], "digits")
+
+
+def load(name: str, train: bool = True, root: str | os.PathLike | None = None) -> TensorData:
+    """Load a whole split into memory as uint8 tensors."""
+    check_dataset_name(name)
+    if name == "fashion-mnist":
+        return _load_fashion(train, root)
+    if name in _CIFAR_DIRS:
+        return _load_cifar(name, train, root)
+    return _load_digits(train)
+
+
+def normalize(images: Tensor, info: DatasetInfo) -> Tensor:
+    """uint8 ``(B, C, H, W)`` -> float, standardised per channel."""
+    x = images.float().div_(255.0)
+    mean = torch.tensor(info.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(info.std, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def augment_batch(images: Tensor, info: DatasetInfo, g: torch.Generator) -> Tensor:
+    """Random crop with zero padding and random horizontal flip, per sample.
+
+    Works on the whole uint8 batch: pad once, then gather each sample's window
+    with one advanced-indexing call.
+    """
+    b, _, h, w = images.shape
+    p = info.crop_padding
+    out = images
+    if p > 0:
+        padded = F.pad(images, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (b,), generator=g)
+        dx = torch.randint(0, 2 * p + 1, (b,), generator=g)
+        rows = (dy.view(b, 1) + torch.arange(h).view(1, h)).view(b, 1, h, 1)
+        cols = (dx.view(b, 1) + torch.arange(w).view(1, w)).view(b, 1, 1, w)
+        bidx = torch.arange(b).view(b, 1, 1, 1)
+        cidx = torch.arange(images.shape[1]).view(1, -1, 1, 1)
+        out = padded[bidx, cidx, rows, cols]
+    if info.flip:
+        flip = torch.rand(b, generator=g) < 0.5
+        out = torch.where(flip.view(b, 1, 1, 1), out.flip(3), out)
+    return out
+
+
+class Loader:
+    """Shuffled mini-batches ``(x, y, idx)`` from a :class:`TensorData`.
+
+    The order and the augmentation of epoch ``e`` depend only on ``(seed, e)``,
+    so a run resumed at epoch ``e`` sees exactly the batches it would have seen.
+    ``idx`` are the samples' positions in the dataset (for cached teacher outputs).
+    """
+
+    def __init__(
+        self,
+        data: TensorData,
+        batch_size: int,
+        shuffle: bool = True,
+        augment: bool = False,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+        drop_last: bool = False,
+        channels_last: bool = False,
+    ) -> None:
+        self.data = data
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.augment = augment
+        self.seed = seed
+        self.device = torch.device(device)
+        self.drop_last = drop_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        n = len(self.data)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
+        info = self.data.info
+        for i in range(len(self)):
+            idx = order[i * self.batch_size : (i + 1) * self.batch_size]
+            images = self.data.images[idx]
+            if self.augment:
+                images = augment_batch(images, info, g)
+            x = normalize(images.to(self.device, non_blocking=True), info)
+            x = x.contiguous(memory_format=self.memory_format)
+            yield x, self.data.labels[idx].to(self.device), idx

@@ -1,0 +1,12 @@
+"""Distillation methods: the base class, the registry, one module per family."""
+
+from . import traditional  # noqa: F401  (registers ce, kd)
+from .base import METHODS, Distiller, check_weights, get_method, register
+
+__all__ = ["METHODS", "Distiller", "check_weights", "get_method", "register", "build"]
+
+
+def build(name: str, student, teacher=None, **hparams) -> Distiller:
+    """Build a registered method in one line: ``build("kd", s, t, T=4.0)``."""
+    cls = get_method(name)
+    return cls(student, teacher, **hparams) if cls.needs_teacher else cls(student, **hparams)

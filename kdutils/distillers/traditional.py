@@ -1,0 +1,61 @@
+"""Survey section 1: the student alone, and Hinton et al.'s knowledge distillation."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..losses import kd_loss
+from .base import Distiller, check_weights, register
+
+
+@register("ce", section="4 (baseline)")
+class CE(Distiller):
+    """The student trained alone on the labels (Table 1's direct training)."""
+
+    needs_teacher = False
+    logits_only = True
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None = None) -> None:
+        super().__init__(student, None)
+
+    def forward(self, x: Tensor, y: Tensor, teacher_logits: Tensor | None = None):
+        logits_s = self.student(x)
+        return logits_s, {"ce": F.cross_entropy(logits_s, y)}
+
+
+@register("kd", section="1")
+class KD(Distiller):
+    """Hinton et al. 2015, survey Eq. (1).
+
+    ``L = ce_weight * CE(l_S, y) + kd_weight * T^2 KL(p_T || p_S)``; the survey's
+    lambda is ``ce_weight`` and (1 - lambda) is ``kd_weight``. The T^2 factor is
+    inside :func:`kdutils.losses.kd_loss`. Defaults are Table 1's: T=4, 0.1/0.9.
+    """
+
+    logits_only = True
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        T: float = 4.0,
+        ce_weight: float = 0.1,
+        kd_weight: float = 0.9,
+    ) -> None:
+        if T <= 0:
+            raise ValueError(f"temperature T must be > 0, got {T}")
+        check_weights(ce_weight=ce_weight, kd_weight=kd_weight)
+        super().__init__(student, teacher)
+        self.T, self.ce_weight, self.kd_weight = T, ce_weight, kd_weight
+
+    def hparams(self) -> dict:
+        return dict(T=self.T, ce_weight=self.ce_weight, kd_weight=self.kd_weight)
+
+    def forward(self, x: Tensor, y: Tensor, teacher_logits: Tensor | None = None):
+        logits_s = self.student(x)
+        logits_t = teacher_logits if teacher_logits is not None else self.teacher_logits(x)
+        return logits_s, {
+            "ce": self.ce_weight * F.cross_entropy(logits_s, y),
+            "kd": self.kd_weight * kd_loss(logits_s, logits_t, self.T),
+        }

@@ -1,0 +1,428 @@
+"""Training: ``fit``, ``evaluate``, and ``run(config) -> Result`` with caching.
+
+``run`` is the one entry point notebooks and the CLI use. A run lives in a
+folder of the cache named after the config and a key: a hash of the full
+config and of the source code that trains (config, data, models, losses,
+distillers, train). Change either and the key changes, so a stale entry can
+never be used. A folder with ``result.json`` is finished; one with only
+``checkpoint.pt`` is resumed from its last completed epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import pickle
+import platform
+import random
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from . import data as kdata
+from .config import Config, teacher_config
+from .distillers import Distiller, build
+from .models import create_model, num_params
+from .results import Result, atomic_write_bytes
+
+__all__ = [
+    "run",
+    "fit",
+    "evaluate",
+    "build_model",
+    "cache_dir",
+    "run_key",
+    "CheckpointError",
+    "NonFiniteLoss",
+    "PartialRunExists",
+]
+
+_PKG = Path(__file__).resolve().parent
+# The source files whose content decides what a run computes.
+_TRAINING_SOURCES = ["config.py", "data.py", "models.py", "losses.py", "train.py"]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file is truncated, corrupt or from another run."""
+
+
+class NonFiniteLoss(FloatingPointError):
+    """A loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class PartialRunExists(RuntimeError):
+    """A checkpoint exists and the caller asked neither to resume nor restart."""
+
+
+def code_hash() -> str:
+    h = hashlib.sha256()
+    files = [_PKG / f for f in _TRAINING_SOURCES] + sorted((_PKG / "distillers").glob("*.py"))
+    for f in files:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def run_key(cfg: Config, channels_last: bool = True) -> str:
+    """Hash of the config, the training code and the memory layout (NHWC or not)."""
+    text = cfg.key_json() + code_hash() + ("nhwc" if channels_last else "nchw")
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def cache_dir() -> Path:
+    """Where runs are cached: ``$KD_CACHE_DIR``, else ``~/.cache/kdutils``."""
+    env = os.environ.get("KD_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "kdutils"
+
+
+def run_dir(cfg: Config, channels_last: bool = True) -> Path:
+    return cache_dir() / "runs" / f"{cfg.name}-{run_key(cfg, channels_last)}"
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def build_model(name: str, dataset: str) -> nn.Module:
+    info = kdata.DATASETS[dataset]
+    return create_model(name, num_classes=info.classes, in_channels=info.channels)
+
+
+@torch.inference_mode()
+def evaluate(
+    model: nn.Module, test: kdata.TensorData, batch_size: int = 1000, device=None
+) -> dict[str, float]:
+    """Top-1 accuracy (fraction) and mean cross-entropy of ``model`` on ``test``."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct, loss = 0, 0.0
+    loader = kdata.Loader(
+        test, batch_size, shuffle=False, device=device, channels_last=_is_channels_last(model)
+    )
+    for x, y, _ in loader:
+        logits = model(x)
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    model.train(was_training)
+    return {"acc": correct / len(test), "loss": loss / len(test)}
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module, dataset: kdata.TensorData, batch_size: int = 1000, device=None
+) -> Tensor:
+    """Logits of ``model`` (in eval mode) for every sample, in dataset order."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    loader = kdata.Loader(
+        dataset, batch_size, shuffle=False, device=device, channels_last=_is_channels_last(model)
+    )
+    return torch.cat([model(x).float().cpu() for x, _, _ in loader])
+
+
+def _is_channels_last(model: nn.Module) -> bool:
+    w = next((m.weight for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return w is not None and w.is_contiguous(memory_format=torch.channels_last) and w.dim() == 4
+
+
+def _make_optimizer(distiller: Distiller, cfg: Config):
+    params = [p for p in distiller.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(
+        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    if cfg.schedule == "step":
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), cfg.gamma)
+    else:
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    return opt, sched
+
+
+def _trainable_state(distiller: Distiller) -> dict[str, Tensor]:
+    # Teachers are frozen and restored from their own run: leave them out.
+    return {k: v for k, v in distiller.state_dict().items() if not k.startswith("teacher.")}
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: Path, key: str) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except (EOFError, RuntimeError, pickle.UnpicklingError, OSError, ValueError) as e:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e}); "
+            "delete it (or restart the run) to train from scratch"
+        ) from None
+    if not isinstance(state, dict) or state.get("key") != key:
+        raise CheckpointError(f"checkpoint {path} does not belong to run {key}")
+    return state
+
+
+def fit(
+    distiller: Distiller,
+    train_loader: kdata.Loader,
+    test: kdata.TensorData,
+    cfg: Config,
+    checkpoint: Path | None = None,
+    key: str = "",
+    teacher_logits: Tensor | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """Train ``distiller`` for ``cfg.epochs``; return the per-epoch history.
+
+    Writes ``checkpoint`` after every epoch and, if it exists, resumes from it.
+    ``teacher_logits`` (N, K), in dataset order, replaces the teacher's forward
+    pass for methods that only need its logits.
+    """
+    device = next(distiller.student.parameters()).device
+    opt, sched = _make_optimizer(distiller, cfg)
+    history: list[dict] = []
+    start = 0
+    if checkpoint is not None and checkpoint.exists():
+        state = load_checkpoint(checkpoint, key)
+        distiller.load_state_dict(state["distiller"], strict=False)
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history, start = state["history"], state["epoch"]
+        print(f"[resume] {cfg.name}: continuing after epoch {start}/{cfg.epochs}")
+    if teacher_logits is not None:
+        teacher_logits = teacher_logits.to(device)
+    steps = len(train_loader)
+    bar = tqdm(
+        total=cfg.epochs * steps,
+        initial=start * steps,
+        desc=cfg.name,
+        disable=not progress,
+        mininterval=2.0,
+        file=sys.stderr,
+    )
+    for epoch in range(start, cfg.epochs):
+        t0 = time.perf_counter()
+        distiller.train()
+        train_loader.set_epoch(epoch)
+        sums: dict[str, float] = {}
+        correct = seen = 0
+        for step, (x, y, idx) in enumerate(train_loader):
+            t_logits = teacher_logits[idx.to(device)] if teacher_logits is not None else None
+            logits_s, terms = distiller(x, y, teacher_logits=t_logits)
+            loss = sum(terms.values())
+            if not torch.isfinite(loss):
+                values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
+                kept = (
+                    f"{checkpoint} (after epoch {epoch})"
+                    if checkpoint is not None and epoch > 0
+                    else "no checkpoint (it failed in the first epoch)"
+                )
+                raise NonFiniteLoss(
+                    f"{cfg.name}: loss became {loss.item()} at epoch {epoch + 1}, "
+                    f"step {step + 1} ({values}); kept {kept}. Lower the learning "
+                    "rate or the loss weights."
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v.item() * len(y)
+            correct += (logits_s.argmax(1) == y).sum().item()
+            seen += len(y)
+            bar.update(1)
+        lr = opt.param_groups[0]["lr"]
+        sched.step()
+        ev = evaluate(distiller.student, test)
+        record = {
+            "epoch": epoch + 1,
+            "lr": lr,
+            "train_acc": correct / seen,
+            **{f"train_{k}": v / seen for k, v in sums.items()},
+            "test_acc": ev["acc"],
+            "test_loss": ev["loss"],
+            "seconds": time.perf_counter() - t0,
+        }
+        history.append(record)
+        bar.set_postfix(epoch=epoch + 1, test_acc=f"{100 * ev['acc']:.2f}")
+        if checkpoint is not None:
+            save_checkpoint(
+                checkpoint,
+                {
+                    "key": key,
+                    "epoch": epoch + 1,
+                    "distiller": _trainable_state(distiller),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "history": history,
+                },
+            )
+    bar.close()
+    return history
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(_PKG), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(_PKG), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def provenance(device: torch.device) -> dict:
+    import torchvision
+
+    from . import __version__
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    return {
+        "git_commit": _git_commit(),
+        "code_hash": code_hash(),
+        "kdutils": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "device": f"{device.type}: {name or platform.machine()}",
+        "threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def load_split(cfg: Config, train: bool) -> kdata.TensorData:
+    d = kdata.load(cfg.dataset, train=train)
+    return d.subset(cfg.train_subset if train else cfg.test_subset)
+
+
+def _teacher_train_logits(t_res: Result, teacher: nn.Module, train: kdata.TensorData) -> Tensor:
+    """The teacher's logits on the (unaugmented) training set, cached in its run folder."""
+    path = Path(t_res.path) / "train_logits.pt"
+    if path.exists():
+        logits = torch.load(path, weights_only=True)
+        if logits.shape[0] == len(train):
+            return logits
+    logits = predict_logits(teacher, train)
+    buf = io.BytesIO()
+    torch.save(logits, buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return logits
+
+
+def run(
+    cfg: Config,
+    *,
+    resume: bool = True,
+    restart: bool = False,
+    use_cache: bool = True,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    channels_last: bool = True,
+) -> Result:
+    """Train ``cfg`` (or load it from the cache) and return its :class:`Result`.
+
+    Prints one line saying whether the run was loaded from the cache or
+    trained. A teacher is itself a run (``teacher_config(cfg)``), trained once
+    and shared by every student that uses it. ``channels_last`` (NHWC) is
+    faster for these convolutions on CPU and GPU alike; it is recorded in the
+    result's provenance.
+    """
+    key = run_key(cfg, channels_last)
+    folder = run_dir(cfg, channels_last)
+    result_path, ckpt = folder / "result.json", folder / "checkpoint.pt"
+    if use_cache and result_path.exists():
+        res = Result.load(result_path)
+        res.from_cache = True
+        print(f"[cache] {cfg.name}: test acc {100 * res.test_acc:.2f}% (loaded, not trained)")
+        return res
+    if ckpt.exists() and restart:
+        ckpt.unlink()
+    elif ckpt.exists() and not resume:
+        raise PartialRunExists(
+            f"a partial run of {cfg.name} exists at {ckpt}; resume it or restart it"
+        )
+    device = torch.device(device) if device is not None else default_device()
+    teacher, t_res = None, None
+    if cfg.method != "ce" and cfg.teacher is not None:
+        t_res = run(
+            teacher_config(cfg), device=device, progress=progress, channels_last=channels_last
+        )
+        teacher = t_res.load_model(device)
+    train, test = load_split(cfg, True), load_split(cfg, False)
+    seed_everything(cfg.seed)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    student = build_model(cfg.student, cfg.dataset).to(device)
+    distiller = build(cfg.method, student, teacher, **cfg.method_args)
+    distiller = distiller.to(device, memory_format=fmt)
+    t_logits = None
+    if teacher is not None and distiller.logits_only and not cfg.augment:
+        t_logits = _teacher_train_logits(t_res, teacher, train)
+    loader = kdata.Loader(
+        train,
+        cfg.batch_size,
+        shuffle=True,
+        augment=cfg.augment,
+        seed=cfg.seed,
+        device=device,
+        channels_last=channels_last,
+    )
+    print(f"[train] {cfg.name}: {cfg.epochs} epochs on {len(train)} images ({device.type})")
+    folder.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    history = fit(distiller, loader, test, cfg, ckpt, key, t_logits, progress)
+    wall = time.perf_counter() - t0
+    buf = io.BytesIO()
+    torch.save(student.state_dict(), buf)
+    atomic_write_bytes(folder / "model.pt", buf.getvalue())
+    res = Result(
+        name=cfg.name,
+        key=key,
+        config=cfg.to_dict(),
+        history=history,
+        final={
+            "test_acc": history[-1]["test_acc"],
+            "test_loss": history[-1]["test_loss"],
+            "params": num_params(student),
+            "train_seconds": sum(h["seconds"] for h in history),
+        },
+        provenance={
+            **provenance(device),
+            "wall_seconds": wall,
+            "channels_last": channels_last,
+        },
+        teacher=(
+            {"name": t_res.name, "key": t_res.key, "test_acc": t_res.test_acc} if t_res else None
+        ),
+        path=str(folder),
+    )
+    res.save(result_path)
+    ckpt.unlink(missing_ok=True)
+    print(f"[done] {cfg.name}: test acc {100 * res.test_acc:.2f}% in {wall:.1f} s")
+    return res

@@ -1,0 +1,404 @@
+"""run(): training, the cache and its key, determinism, checkpoints and resuming."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import kdutils as kd
+from kdutils import data as kdata
+from kdutils import train as ktrain
+from kdutils.config import Config, teacher_config
+from kdutils.results import Result, atomic_write_bytes
+
+
+def _weights(res: Result) -> dict[str, torch.Tensor]:
+    return torch.load(
+        Path(res.path) / "model.pt", map_location="cpu", weights_only=True
+    )
+
+
+def _assert_same_weights(a: Result, b: Result) -> None:
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def _use_cache(monkeypatch, path: Path) -> None:
+    monkeypatch.setenv("KD_CACHE_DIR", str(path))
+
+
+def _interrupt(m: pytest.MonkeyPatch, epoch: int, after: int) -> None:
+    """Raise KeyboardInterrupt after ``after`` training batches of epoch index ``epoch``."""
+    original = kdata.Loader.__iter__
+
+    def wrapped(self):
+        for i, batch in enumerate(original(self)):
+            if self.shuffle and self.epoch == epoch and i == after:
+                raise KeyboardInterrupt
+            yield batch
+
+    m.setattr(kdata.Loader, "__iter__", wrapped)
+
+
+def _steps(cfg: Config) -> int:
+    return math.ceil(cfg.train_subset / cfg.batch_size)
+
+
+# Training and the result record
+
+
+def test_run_trains_and_writes_a_result_with_provenance(
+    digits_config, capsys, tmp_path
+):
+    cfg = digits_config(method="ce")
+    res = kd.run(cfg, progress=False)
+    out = capsys.readouterr().out
+    assert "[train]" in out and "[cache]" not in out
+    assert not res.from_cache
+    folder = Path(res.path)
+    assert folder.parent == tmp_path / "kd-cache" / "runs"
+    assert (folder / "result.json").exists() and (folder / "model.pt").exists()
+    assert not (folder / "checkpoint.pt").exists()  # finished runs keep no checkpoint
+    assert Result.load(folder / "result.json") == res
+    assert res.cfg == cfg and res.key == ktrain.run_key(cfg)
+    assert [h["epoch"] for h in res.history] == [1, 2]
+    assert all(0.0 <= h["test_acc"] <= 1.0 for h in res.history)
+    assert res.test_acc == res.history[-1]["test_acc"]
+    assert res.final["params"] == kd.num_params(ktrain.build_model("resnet8", "digits"))
+    p = res.provenance
+    assert "git_commit" in p
+    assert p["torch"] == torch.__version__
+    assert p["device"].startswith("cpu")
+    assert p["code_hash"] == ktrain.code_hash()
+    assert datetime.fromisoformat(p["date"]).tzinfo is not None
+    assert p["wall_seconds"] >= 0
+
+
+def test_the_saved_model_is_the_one_that_was_evaluated(digits_config):
+    cfg = digits_config(method="ce")
+    res = kd.run(cfg, progress=False)
+    model = res.load_model()
+    assert not model.training
+    test = ktrain.load_split(cfg, train=False)
+    assert len(test) == cfg.test_subset
+    ev = kd.evaluate(model, test)
+    assert ev["acc"] == pytest.approx(res.test_acc)
+    assert ev["loss"] == pytest.approx(res.final["test_loss"], rel=1e-5)
+
+
+def test_training_learns_something(digits_config):
+    res = kd.run(digits_config(method="ce", epochs=3, train_subset=600), progress=False)
+    assert res.test_acc > 0.3  # ten classes: chance is 0.1
+
+
+def test_a_second_run_loads_from_the_cache(digits_config, capsys, monkeypatch):
+    cfg = digits_config(method="ce")
+    first = kd.run(cfg, progress=False)
+    capsys.readouterr()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached run must not train")
+
+    monkeypatch.setattr(ktrain, "fit", no_training)
+    second = kd.run(cfg, progress=False)
+    out = capsys.readouterr().out
+    assert "[cache]" in out and "[train]" not in out
+    assert second.from_cache and second == first
+
+
+def test_kd_trains_its_teacher_once_and_shares_it(digits_config, capsys):
+    cfg = digits_config(method="kd")
+    res = kd.run(cfg, progress=False)
+    out = capsys.readouterr().out
+    t_cfg = teacher_config(cfg)
+    assert out.count("[train]") == 2 and t_cfg.name in out
+    assert res.teacher["key"] == ktrain.run_key(t_cfg)
+    assert res.teacher["name"] == t_cfg.name
+    assert ktrain.run_dir(t_cfg).joinpath("result.json").exists()
+    kd.run(cfg.replace(seed=1, method_args={"T": 2.0}), progress=False)
+    out = capsys.readouterr().out
+    assert f"[cache] {t_cfg.name}" in out and out.count("[train]") == 1
+
+
+# The cache key
+
+# A different value for every Config field (changing the method changes its
+# hyperparameters too).
+_CHANGES = {
+    "method": dict(method="ce", method_args={}),
+    "dataset": dict(dataset="fashion-mnist"),
+    "student": dict(student="resnet14"),
+    "teacher": dict(teacher="resnet14"),
+    "method_args": dict(method_args={"T": 2.0}),
+    "epochs": dict(epochs=3),
+    "batch_size": dict(batch_size=32),
+    "lr": dict(lr=0.1),
+    "momentum": dict(momentum=0.8),
+    "weight_decay": dict(weight_decay=1e-4),
+    "schedule": dict(schedule="step"),
+    "milestones": dict(milestones=(1,)),
+    "gamma": dict(gamma=0.2),
+    "augment": dict(augment=True),
+    "train_subset": dict(train_subset=301),
+    "test_subset": dict(test_subset=201),
+    "seed": dict(seed=1),
+    "teacher_seed": dict(teacher_seed=1),
+    "teacher_epochs": dict(teacher_epochs=1),
+    "profile": dict(profile="quick"),
+}
+
+
+def test_every_config_field_changes_the_key(digits_config):
+    cfg = digits_config(method="kd")
+    fields = {f.name for f in dataclasses.fields(Config)}
+    assert set(_CHANGES) == fields, "give every Config field a value to test here"
+    keys = {ktrain.run_key(cfg)}
+    for name, changes in _CHANGES.items():
+        changed = cfg.replace(**changes)
+        assert getattr(changed, name) != getattr(cfg, name), name
+        keys.add(ktrain.run_key(changed))
+    assert len(keys) == len(_CHANGES) + 1
+
+
+def test_a_code_change_changes_the_key_and_is_never_served_from_cache(
+    digits_config, capsys, monkeypatch
+):
+    cfg = digits_config(method="ce")
+    first = kd.run(cfg, progress=False)
+    monkeypatch.setattr(ktrain, "code_hash", lambda: "0123456789abcdef")
+    assert ktrain.run_key(cfg) != first.key
+    capsys.readouterr()
+    second = kd.run(cfg, progress=False)
+    out = capsys.readouterr().out
+    assert "[train]" in out and "[cache]" not in out
+    assert Path(second.path) != Path(first.path)
+    assert second.provenance["code_hash"] == "0123456789abcdef"
+
+
+def test_code_hash_follows_the_training_sources(tmp_path, monkeypatch):
+    pkg = tmp_path / "kdutils"
+    shutil.copytree(ktrain._PKG, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(ktrain, "_PKG", pkg)
+    base = ktrain.code_hash()
+    assert base == ktrain.code_hash()
+    for rel in ("losses.py", "distillers/traditional.py", "train.py", "data.py"):
+        f = pkg / rel
+        original = f.read_text()
+        f.write_text(original + "\n# changed\n")
+        assert ktrain.code_hash() != base, rel
+        f.write_text(original)
+    assert ktrain.code_hash() == base
+    (pkg / "plots.py").write_text("# plotting does not change what a run computes\n")
+    assert ktrain.code_hash() == base
+
+
+# Determinism and resuming
+
+
+def test_two_fresh_runs_with_the_same_seed_are_identical(
+    digits_config, tmp_path, monkeypatch
+):
+    cfg = digits_config(method="kd", augment=True)
+    _use_cache(monkeypatch, tmp_path / "a")
+    a = kd.run(cfg, progress=False)
+    _use_cache(monkeypatch, tmp_path / "b")
+    b = kd.run(cfg, progress=False)
+    _assert_same_weights(a, b)
+    assert [h["test_acc"] for h in a.history] == [h["test_acc"] for h in b.history]
+    # ... while another seed gives other weights (so the check above can fail).
+    c = kd.run(cfg.replace(seed=1), progress=False)
+    assert not torch.equal(_weights(a)["fc.weight"], _weights(c)["fc.weight"])
+
+
+@pytest.mark.parametrize("augment", [True, False])
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(
+    digits_config, tmp_path, monkeypatch, capsys, augment
+):
+    cfg = digits_config(method="kd", epochs=3, augment=augment)
+    _use_cache(monkeypatch, tmp_path / "uninterrupted")
+    reference = kd.run(cfg, progress=False)
+
+    _use_cache(monkeypatch, tmp_path / "interrupted")
+    # The teacher finishes; its student is killed in its second epoch.
+    kd.run(teacher_config(cfg), progress=False)
+    with monkeypatch.context() as m:
+        _interrupt(m, epoch=1, after=2)
+        with pytest.raises(KeyboardInterrupt):
+            kd.run(cfg, progress=False)
+    folder = ktrain.run_dir(cfg)
+    assert not (folder / "result.json").exists()
+    state = ktrain.load_checkpoint(folder / "checkpoint.pt", ktrain.run_key(cfg))
+    assert state["epoch"] == 1
+
+    capsys.readouterr()
+    resumed = kd.run(cfg, progress=False)
+    assert "[resume]" in capsys.readouterr().out
+    _assert_same_weights(resumed, reference)
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for h, r in zip(resumed.history, reference.history, strict=True):
+        assert {k: v for k, v in h.items() if k != "seconds"} == {
+            k: v for k, v in r.items() if k != "seconds"
+        }
+
+
+def _partial_run(cfg: Config, monkeypatch) -> Path:
+    """Leave ``cfg`` with a checkpoint after epoch 1 and no result."""
+    with monkeypatch.context() as m:
+        _interrupt(m, epoch=1, after=1)
+        with pytest.raises(KeyboardInterrupt):
+            kd.run(cfg, progress=False)
+    ckpt = ktrain.run_dir(cfg) / "checkpoint.pt"
+    assert ckpt.exists()
+    return ckpt
+
+
+def test_a_truncated_checkpoint_is_a_clear_error(digits_config, monkeypatch):
+    cfg = digits_config(method="ce", epochs=3)
+    ckpt = _partial_run(cfg, monkeypatch)
+    raw = ckpt.read_bytes()
+    ckpt.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ktrain.CheckpointError) as info:
+        kd.run(cfg, progress=False)
+    message = str(info.value)
+    assert str(ckpt) in message and "truncated or corrupt" in message
+
+
+def test_a_checkpoint_of_another_run_is_refused(digits_config, tmp_path):
+    path = tmp_path / "ckpt.pt"
+    ktrain.save_checkpoint(path, {"key": "aaaaaaaaaaaa", "epoch": 1})
+    assert ktrain.load_checkpoint(path, "aaaaaaaaaaaa")["epoch"] == 1
+    with pytest.raises(ktrain.CheckpointError, match="does not belong"):
+        ktrain.load_checkpoint(path, "bbbbbbbbbbbb")
+
+
+def test_partial_run_needs_resume_or_restart(
+    digits_config, monkeypatch, capsys, tmp_path
+):
+    cfg = digits_config(method="ce", epochs=3)
+    ckpt = _partial_run(cfg, monkeypatch)
+    with pytest.raises(ktrain.PartialRunExists, match="resume"):
+        kd.run(cfg, resume=False, progress=False)
+    assert ckpt.exists()
+    capsys.readouterr()
+    restarted = kd.run(cfg, resume=False, restart=True, progress=False)
+    out = capsys.readouterr().out
+    assert "[resume]" not in out and "[train]" in out
+    assert [h["epoch"] for h in restarted.history] == [1, 2, 3]
+    assert not ckpt.exists()
+    _use_cache(monkeypatch, tmp_path / "fresh")
+    _assert_same_weights(restarted, kd.run(cfg, progress=False))
+
+
+# Atomic writes and non-finite losses
+
+
+def test_an_interrupted_atomic_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "state" / "checkpoint.pt"
+    atomic_write_bytes(path, b"old contents")
+    assert path.read_bytes() == b"old contents"
+
+    def failing_replace(src, dst):
+        raise OSError("disk full (test)")
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "replace", failing_replace)
+        with pytest.raises(OSError, match="disk full"):
+            atomic_write_bytes(path, b"new contents that never land")
+    assert path.read_bytes() == b"old contents"
+    assert os.listdir(path.parent) == ["checkpoint.pt"]  # no temporary left behind
+
+    def interrupted_fsync(fd):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(os, "fsync", interrupted_fsync)
+        with pytest.raises(KeyboardInterrupt):
+            atomic_write_bytes(path, b"half")
+    assert path.read_bytes() == b"old contents"
+    assert os.listdir(path.parent) == ["checkpoint.pt"]
+
+    atomic_write_bytes(path, b"new")
+    assert path.read_bytes() == b"new"
+
+
+def test_a_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(
+    digits_config, monkeypatch
+):
+    cfg = digits_config(method="ce", epochs=3)
+    steps = _steps(cfg)
+    ce_cls = kd.METHODS["ce"]
+    original = ce_cls.forward
+    calls = {"n": 0}
+
+    def forward(self, x, y, teacher_logits=None):
+        calls["n"] += 1
+        logits, terms = original(self, x, y, teacher_logits)
+        if calls["n"] == steps + 2:  # epoch 2, step 2
+            terms = {"ce": terms["ce"] * float("nan")}
+        return logits, terms
+
+    with monkeypatch.context() as m:
+        m.setattr(ce_cls, "forward", forward)
+        with pytest.raises(kd.train.NonFiniteLoss) as info:
+            kd.run(cfg, progress=False)
+    message = str(info.value)
+    assert "epoch 2" in message and "step 2" in message and "nan" in message
+    ckpt = ktrain.run_dir(cfg) / "checkpoint.pt"
+    state = ktrain.load_checkpoint(ckpt, ktrain.run_key(cfg))
+    assert state["epoch"] == 1 and len(state["history"]) == 1
+    assert not (ktrain.run_dir(cfg) / "result.json").exists()
+    # The kept checkpoint is good enough to finish the run from.
+    res = kd.run(cfg, progress=False)
+    assert [h["epoch"] for h in res.history] == [1, 2, 3]
+
+
+def test_a_huge_learning_rate_is_reported_not_trained_through(digits_config):
+    cfg = digits_config(method="ce", epochs=2, lr=1e12, weight_decay=0.0)
+    with pytest.raises(kd.train.NonFiniteLoss, match=r"epoch \d+, step \d+"):
+        kd.run(cfg, progress=False)
+
+
+# evaluate and predict_logits
+
+
+class _Fixed(nn.Module):
+    """A 'model' that always gives logit 1 to class 3 and 0 to the others."""
+
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.classes = classes
+        self.dummy = nn.Parameter(torch.zeros(()))
+
+    def forward(self, x):
+        logits = torch.zeros(len(x), self.classes)
+        logits[:, 3] = 1.0
+        return logits
+
+
+def test_evaluate_against_a_hand_computation():
+    test = kdata.load("digits", train=False)
+    ev = kd.evaluate(_Fixed(), test, batch_size=37)
+    assert ev["acc"] == pytest.approx((test.labels == 3).float().mean().item())
+    # CE of logits (1 at class 3, else 0): log(e + 9) - [y == 3]
+    expected = math.log(math.e + 9) - (test.labels == 3).float().mean().item()
+    assert ev["loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_predict_logits_is_in_dataset_order():
+    torch.manual_seed(0)
+    model = kd.create_model("resnet8", in_channels=1).eval()
+    data = kdata.load("digits", train=False).subset(50)
+    got = kd.predict_logits(model, data, batch_size=16)
+    with torch.no_grad():
+        expected = model(kdata.normalize(data.images, data.info))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
