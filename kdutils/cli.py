@@ -51,10 +51,14 @@ def _parser() -> argparse.ArgumentParser:
     g = t.add_mutually_exclusive_group()
     g.add_argument("--resume", action="store_true", help="continue a partial run")
     g.add_argument("--restart", action="store_true", help="discard a partial run")
-    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    t.add_argument(
+        "--device", default=None, help="cpu or cuda (default: cuda if available)"
+    )
     t.add_argument("--no-progress", action="store_true")
 
-    sub.add_parser("methods", help="list the registered methods and their survey sections")
+    sub.add_parser(
+        "methods", help="list the registered methods and their survey sections"
+    )
     sub.add_parser("models", help="list the models with their parameter counts")
     f = sub.add_parser("figures", help="write the book's generated figures")
     f.add_argument("--out", type=Path, required=True)
@@ -127,9 +131,17 @@ def _profiles_table() -> str:
     ]
     for name in ("smoke", "quick", "paper"):
         c = make_config(name)
-        n = f"{c.train_subset:,} training images" if c.train_subset else "full training set"
+        n = (
+            f"{c.train_subset:,} training images"
+            if c.train_subset
+            else "full training set"
+        )
         t = f"{c.test_subset:,} test images" if c.test_subset else "full test set"
-        sched = "cosine" if c.schedule == "cosine" else f"x{c.gamma:g} at {list(c.milestones)}"
+        sched = (
+            "cosine"
+            if c.schedule == "cosine"
+            else f"x{c.gamma:g} at {list(c.milestones)}"
+        )
         rows.append(
             f"| `{name}` | {c.dataset}, {n}, {t} | {c.teacher} → {c.student} | {c.epochs} "
             f"| {c.batch_size} | {c.lr:g}, {sched} | {'yes' if c.augment else 'no'} |"
@@ -157,5 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: the last completed epoch is checkpointed; rerun with --resume")
+        print(
+            "interrupted: the last completed epoch is checkpointed; rerun with --resume"
+        )
         return 130

@@ -54,7 +54,9 @@ class Config:
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.schedule not in ("step", "cosine"):
-            raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
+            raise ValueError(
+                f"schedule must be 'step' or 'cosine', got {self.schedule!r}"
+            )
         # Fill in the method's defaults: the same experiment always has one key.
         defaults = method_defaults(self.method, self)
         args = {**defaults, **self.method_args}
@@ -77,6 +79,9 @@ class Config:
         return json.dumps(self.to_dict(), sort_keys=True, default=str)
 
     def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes``; a new method starts from its own defaults."""
+        if changes.get("method", self.method) != self.method:
+            changes.setdefault("method_args", {})
         return dataclasses.replace(self, **changes)
 
     @property
@@ -87,8 +92,11 @@ class Config:
             parts.append(self.teacher)
         parts += [self.student, self.dataset]
         defaults = method_defaults(self.method)
-        parts += [f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}"
-                  for k, v in self.method_args.items() if defaults.get(k) != v]
+        parts += [
+            f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}"
+            for k, v in self.method_args.items()
+            if defaults.get(k) != v
+        ]
         parts.append(f"s{self.seed}")
         return "-".join(str(p) for p in parts)
 
@@ -139,7 +147,9 @@ def make_config(profile: str = "quick", **overrides: Any) -> Config:
     method="kd", T=8)``) and must be accepted by that method's constructor.
     """
     if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose from: {', '.join(PROFILES)}")
+        raise ValueError(
+            f"unknown profile {profile!r}; choose from: {', '.join(PROFILES)}"
+        )
     fields = _config_fields()
     base = dict(PROFILES[profile], profile=profile)
     method_args = dict(overrides.pop("method_args", {}) or {})
@@ -162,7 +172,8 @@ def method_defaults(method: str, cfg: Config | None = None) -> dict[str, Any]:
     defaults = {
         k: p.default
         for k, p in params.items()
-        if k not in ("self", "student", "teacher") and p.default is not inspect.Parameter.empty
+        if k not in ("self", "student", "teacher")
+        and p.default is not inspect.Parameter.empty
     }
     if cfg is not None:
         from .data import check_dataset_name

@@ -67,12 +67,28 @@ DATASETS: dict[str, DatasetInfo] = {
 
 CLASS_NAMES: dict[str, list[str]] = {
     "fashion-mnist": [
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
     ],
     "cifar10": [
-        "airplane", "automobile", "bird", "cat", "deer",
-        "dog", "frog", "horse", "ship", "truck",
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
     ],
     "digits": [str(i) for i in range(10)],
 }
@@ -80,7 +96,9 @@ CLASS_NAMES: dict[str, list[str]] = {
 
 def check_dataset_name(name: str) -> None:
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from: {', '.join(DATASETS)}")
+        raise ValueError(
+            f"unknown dataset {name!r}; choose from: {', '.join(DATASETS)}"
+        )
 
 
 @dataclass
@@ -187,7 +205,9 @@ def _load_cifar(name: str, train: bool, root) -> TensorData:
             for f in files:
                 with open(f, "rb") as fh:
                     entry = pickle.load(fh, encoding="latin1")
-                xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                xs.append(
+                    np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                )
                 ys.append(np.asarray(entry.get("labels", entry.get("fine_labels"))))
             x = torch.from_numpy(np.concatenate(xs))
             y = torch.from_numpy(np.concatenate(ys).astype(np.int64))
@@ -212,7 +232,9 @@ def _load_digits(train: bool) -> TensorData:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    x = torch.from_numpy((d.images * (255.0 / 16.0)).round().astype(np.uint8)).unsqueeze(1)
+    x = torch.from_numpy(
+        (d.images * (255.0 / 16.0)).round().astype(np.uint8)
+    ).unsqueeze(1)
     y = torch.from_numpy(d.target.astype(np.int64))
     # A fixed 80/20 split.
     perm = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
@@ -222,7 +244,9 @@ def _load_digits(train: bool) -> TensorData:
     return TensorData(x[idx], y[idx], "digits")
 
 
-def load(name: str, train: bool = True, root: str | os.PathLike | None = None) -> TensorData:
+def load(
+    name: str, train: bool = True, root: str | os.PathLike | None = None
+) -> TensorData:
     """Load a whole split into memory as uint8 tensors."""
     check_dataset_name(name)
     if name == "fashion-mnist":
@@ -290,7 +314,9 @@ class Loader:
         self.seed = seed
         self.device = torch.device(device)
         self.drop_last = drop_last
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.memory_format = (
+            torch.channels_last if channels_last else torch.contiguous_format
+        )
         self.epoch = 0
 
     def __len__(self) -> int:

@@ -18,7 +18,14 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ResNet", "MODELS", "create_model", "check_model_name", "capture", "num_params"]
+__all__ = [
+    "ResNet",
+    "MODELS",
+    "create_model",
+    "check_model_name",
+    "capture",
+    "num_params",
+]
 
 
 class BasicBlock(nn.Module):
@@ -34,7 +41,8 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes)
+                nn.Conv2d(in_planes, planes, 1, stride, bias=False),
+                nn.BatchNorm2d(planes),
             )
 
     def forward(self, x: Tensor) -> Tensor:
@@ -120,7 +128,9 @@ def num_params(model: nn.Module) -> int:
 
 
 @contextmanager
-def capture(model: nn.Module, names: Sequence[str] | None = None) -> Iterator[dict[str, Tensor]]:
+def capture(
+    model: nn.Module, names: Sequence[str] | None = None
+) -> Iterator[dict[str, Tensor]]:
     """Record the outputs of named submodules during forward passes.
 
     >>> with capture(model, ["layer1", "layer3"]) as feats:

@@ -31,26 +31,43 @@ def training_curves(
 
     ``train_loss`` is the sum of the run's weighted loss terms.
     """
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False
+    )
     for ax, metric in zip(axes[0], metrics, strict=True):
         for name, rs in _group(results, label).items():
             vals = []
             for r in rs:
                 if metric == "train_loss":
                     vals.append(
-                        [sum(v for k, v in h.items() if k.startswith("train_") and k != "train_acc")
-                         for h in r.history]
+                        [
+                            sum(
+                                v
+                                for k, v in h.items()
+                                if k.startswith("train_") and k != "train_acc"
+                            )
+                            for h in r.history
+                        ]
                     )
                 else:
                     vals.append([h[metric] for h in r.history])
             v = np.array(vals) * (100 if metric.endswith("acc") else 1)
             ep = np.arange(1, v.shape[1] + 1)
-            (line,) = ax.plot(ep, v.mean(0), label=f"{name} ({len(rs)} seed{'s' * (len(rs) > 1)})")
+            (line,) = ax.plot(
+                ep, v.mean(0), label=f"{name} ({len(rs)} seed{'s' * (len(rs) > 1)})"
+            )
             if len(rs) > 1:
-                ax.fill_between(ep, v.min(0), v.max(0), color=line.get_color(), alpha=0.2)
+                ax.fill_between(
+                    ep, v.min(0), v.max(0), color=line.get_color(), alpha=0.2
+                )
         ax.set_xlabel("epoch")
-        ax.set_ylabel({"test_acc": "test accuracy (%)", "train_loss": "training loss",
-                       "train_acc": "training accuracy (%)"}.get(metric, metric))
+        ax.set_ylabel(
+            {
+                "test_acc": "test accuracy (%)",
+                "train_loss": "training loss",
+                "train_acc": "training accuracy (%)",
+            }.get(metric, metric)
+        )
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     if title:
@@ -64,7 +81,9 @@ def soft_targets(
 ) -> Figure:
     """Bar charts of one sample's class probabilities at several temperatures."""
     temps = list(probs)
-    fig, axes = plt.subplots(1, len(temps), figsize=(3.2 * len(temps), 3.2), sharey=True)
+    fig, axes = plt.subplots(
+        1, len(temps), figsize=(3.2 * len(temps), 3.2), sharey=True
+    )
     axes = np.atleast_1d(axes)
     x = np.arange(len(class_names))
     for ax, T in zip(axes, temps, strict=True):
@@ -81,16 +100,29 @@ def soft_targets(
     return fig
 
 
-def accuracy_bars(summary, label: str = "method", title: str = "", reference=None) -> Figure:
+def accuracy_bars(
+    summary, label: str = "method", title: str = "", reference=None
+) -> Figure:
     """Mean accuracy with seed std as error bars, from :func:`kdutils.summarize`.
 
     ``reference``: optional ``{name: accuracy}`` drawn as dashed lines.
     """
     fig, ax = plt.subplots(figsize=(1.3 * len(summary) + 2, 3.6))
     x = np.arange(len(summary))
-    ax.bar(x, summary["acc_mean"], yerr=summary["acc_std"].fillna(0), capsize=4, color="C0")
-    for i, (m, s) in enumerate(zip(summary["acc_mean"], summary["acc_std"], strict=True)):
-        ax.text(i, m + (0 if np.isnan(s) else s) + 0.05, f"{m:.2f}", ha="center", va="bottom", fontsize=8)
+    ax.bar(
+        x, summary["acc_mean"], yerr=summary["acc_std"].fillna(0), capsize=4, color="C0"
+    )
+    for i, (m, s) in enumerate(
+        zip(summary["acc_mean"], summary["acc_std"], strict=True)
+    ):
+        ax.text(
+            i,
+            m + (0 if np.isnan(s) else s) + 0.05,
+            f"{m:.2f}",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
     ax.set_xticks(x, summary[label].astype(str))
     lo = float(np.nanmin(summary["acc_mean"] - summary["acc_std"].fillna(0)))
     hi = float(np.nanmax(summary["acc_mean"] + summary["acc_std"].fillna(0)))
@@ -108,11 +140,19 @@ def accuracy_bars(summary, label: str = "method", title: str = "", reference=Non
     return fig
 
 
-def sweep(summary, param: str, title: str = "", reference=None, logx: bool = True) -> Figure:
+def sweep(
+    summary, param: str, title: str = "", reference=None, logx: bool = True
+) -> Figure:
     """Accuracy against a hyperparameter (e.g. the temperature), with seed std."""
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    ax.errorbar(summary[param], summary["acc_mean"], yerr=summary["acc_std"].fillna(0),
-                marker="o", capsize=4, label="student with KD")
+    ax.errorbar(
+        summary[param],
+        summary["acc_mean"],
+        yerr=summary["acc_std"].fillna(0),
+        marker="o",
+        capsize=4,
+        label="student with KD",
+    )
     for i, (name, acc) in enumerate((reference or {}).items()):
         ax.axhline(acc, ls="--", color=f"C{i + 1}", label=name)
     if logx:
@@ -128,30 +168,84 @@ def sweep(summary, param: str, title: str = "", reference=None, logx: bool = Tru
     return fig
 
 
-# The survey's taxonomy (its Fig. 1), redrawn: (label, survey section, children).
+# The survey's taxonomy (its Fig. 1), redrawn: (label, survey section, children,
+# representative methods for leaves).
 TAXONOMY = (
-    "Knowledge distillation", "", [
-        ("Traditional KD", "§1", []),
-        ("Performance-oriented", "§2", [
-            ("Output-based loss", "§2.1", []),
-            ("Forms of knowledge", "§2.2", [
-                ("Fitting feature maps", "§2.2.1", []),
-                ("Knowledge from feature maps", "§2.2.2", []),
-                ("Structural knowledge", "§2.2.3", []),
-            ]),
-            ("Ways of learning", "§2.3", [
-                ("Online", "§2.3.1", []),
-                ("Self", "§2.3.2", []),
-                ("Multi-teacher", "§2.3.3", []),
-                ("Progressive", "§2.3.4", []),
-                ("Adversarial (GAN)", "§2.3.5", []),
-            ]),
-        ]),
-        ("Compression-oriented", "§3", [
-            ("Adjusting the architecture (NAS + KD)", "§3.1", []),
-            ("Distilling into small networks", "§3.2", []),
-        ]),
-        ("Applications", "§5", []),
+    "Knowledge distillation",
+    "",
+    [
+        ("Traditional KD", "§1", [], "soft targets with a temperature (Hinton et al.)"),
+        (
+            "Performance-oriented",
+            "§2",
+            [
+                (
+                    "Output-based loss",
+                    "§2.1",
+                    [],
+                    "conditional teacher-student, adaptive temperature, CRD",
+                ),
+                (
+                    "Forms of knowledge",
+                    "§2.2",
+                    [
+                        (
+                            "Fitting feature maps",
+                            "§2.2.1",
+                            [],
+                            "FitNet, progressive hints",
+                        ),
+                        (
+                            "Knowledge from feature maps",
+                            "§2.2.2",
+                            [],
+                            "AT, FSP, AFD, ReviewKD",
+                        ),
+                        ("Structural knowledge", "§2.2.3", [], "RKD, SP, IRG, CC"),
+                    ],
+                ),
+                (
+                    "Ways of learning",
+                    "§2.3",
+                    [
+                        ("Online", "§2.3.1", [], "DML, ONE, OKDDip"),
+                        ("Self", "§2.3.2", [], "BYOT, BAKE, FRSKD"),
+                        (
+                            "Multi-teacher",
+                            "§2.3.3",
+                            [],
+                            "averaged soft targets, AMTML-KD",
+                        ),
+                        ("Progressive", "§2.3.4", [], "snapshot distillation, ProKT"),
+                        (
+                            "Adversarial (GAN)",
+                            "§2.3.5",
+                            [],
+                            "discriminators on logits or features",
+                        ),
+                    ],
+                ),
+            ],
+        ),
+        (
+            "Compression-oriented",
+            "§3",
+            [
+                (
+                    "Adjusting the architecture (NAS + KD)",
+                    "§3.1",
+                    [],
+                    "channel planting, search to distil, few-sample KD",
+                ),
+                (
+                    "Distilling into small networks",
+                    "§3.2",
+                    [],
+                    "TAKD, DGKD, early-stopped KD",
+                ),
+            ],
+        ),
+        ("Applications", "§5", [], "detection, segmentation, faces, NLP"),
     ],
 )
 
@@ -170,8 +264,9 @@ def taxonomy(tree=TAXONOMY) -> Figure:
 
     count(tree, 0)
     max_depth = max(depth_of.values())
-    fig, ax = plt.subplots(figsize=(3.4 * (max_depth + 1), 0.55 * len(leaves) + 0.6))
-    ax.set_xlim(-0.1, max_depth + 1)
+    width = max_depth + 1.95  # room for the examples right of the deepest leaves
+    fig, ax = plt.subplots(figsize=(3.0 * width, 0.55 * len(leaves) + 0.6))
+    ax.set_xlim(-0.05, width)
     ax.set_ylim(-0.7, len(leaves) - 0.3)
     ax.axis("off")
     pos: dict[int, tuple[float, float]] = {}
@@ -182,8 +277,7 @@ def taxonomy(tree=TAXONOMY) -> Figure:
             y = len(leaves) - 1 - leaves.index(node)
         else:
             y = float(np.mean([place(c) for c in node[2]]))
-        x = depth_of[id(node)]
-        pos[id(node)] = (x, y)
+        pos[id(node)] = (depth_of[id(node)], y)
         return y
 
     place(tree)
@@ -192,14 +286,44 @@ def taxonomy(tree=TAXONOMY) -> Figure:
         x, y = pos[id(node)]
         d = depth_of[id(node)]
         text = node[0] + (f"  {node[1]}" if node[1] else "")
-        ax.add_patch(FancyBboxPatch((x, y - 0.3), 0.85, 0.6, boxstyle="round,pad=0.02",
-                                    fc=colors[min(d, 3)], ec="none"))
-        ax.text(x + 0.425, y, text, ha="center", va="center", fontsize=8.5, wrap=True,
-                color="white" if d < 2 else "black")
+        ax.add_patch(
+            FancyBboxPatch(
+                (x, y - 0.3),
+                0.88,
+                0.6,
+                boxstyle="round,pad=0.02",
+                fc=colors[min(d, 3)],
+                ec="none",
+            )
+        )
+        ax.text(
+            x + 0.44,
+            y,
+            text,
+            ha="center",
+            va="center",
+            fontsize=8.5,
+            color="white" if d < 2 else "black",
+        )
+        if not node[2] and len(node) > 3:
+            ax.text(
+                x + 0.93,
+                y,
+                node[3],
+                ha="left",
+                va="center",
+                fontsize=8,
+                color="0.3",
+                style="italic",
+            )
         for c in node[2]:
             cx, cy = pos[id(c)]
-            ax.plot([x + 0.87, x + 0.93, x + 0.93, cx - 0.02], [y, y, cy, cy],
-                    color="0.5", lw=1)
+            ax.plot(
+                [x + 0.9, x + 0.95, x + 0.95, cx - 0.02],
+                [y, y, cy, cy],
+                color="0.5",
+                lw=1,
+            )
             draw(c)
 
     draw(tree)
@@ -216,9 +340,13 @@ def dark_knowledge(
     """
     temps = list(probs)
     n = len(images)
-    fig, axes = plt.subplots(n, len(temps) + 1, figsize=(2.2 + 3.0 * len(temps), 2.3 * n),
-                             gridspec_kw={"width_ratios": [0.7] + [1] * len(temps)},
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        n,
+        len(temps) + 1,
+        figsize=(2.2 + 3.0 * len(temps), 2.3 * n),
+        gridspec_kw={"width_ratios": [0.7] + [1] * len(temps)},
+        squeeze=False,
+    )
     x = np.arange(len(class_names))
     for i in range(n):
         img = np.asarray(images[i])
@@ -244,7 +372,9 @@ def dark_knowledge(
     return fig
 
 
-def class_similarity(matrix: np.ndarray, class_names: Sequence[str], title: str = "") -> Figure:
+def class_similarity(
+    matrix: np.ndarray, class_names: Sequence[str], title: str = ""
+) -> Figure:
     """Heat map of a (K, K) matrix: row = true class, column = where mass goes."""
     fig, ax = plt.subplots(figsize=(5.6, 4.8))
     im = ax.imshow(matrix, cmap="viridis")

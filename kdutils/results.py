@@ -85,7 +85,9 @@ class Result:
         if self.path is None:
             raise ValueError("this result has no run folder to load weights from")
         model = build_model(self.cfg.student, self.cfg.dataset)
-        state = torch.load(Path(self.path) / "model.pt", map_location=device, weights_only=True)
+        state = torch.load(
+            Path(self.path) / "model.pt", map_location=device, weights_only=True
+        )
         model.load_state_dict(state)
         return model.to(device).eval()
 
@@ -104,12 +106,19 @@ def summarize(results: list[Result], by: tuple[str, ...] = ("method",)):
 
     rows = []
     for r in results:
-        row = {k: (r.config.get(k) if k in r.config else r.config["method_args"].get(k)) for k in by}
+        row = {
+            k: (r.config.get(k) if k in r.config else r.config["method_args"].get(k))
+            for k in by
+        }
         row["seed"] = r.config["seed"]
         row["acc"] = 100 * r.test_acc
         rows.append(row)
     df = pd.DataFrame(rows)
-    out = df.groupby(list(by), sort=False, dropna=False)["acc"].agg(["mean", "std", "count"]).reset_index()
+    out = (
+        df.groupby(list(by), sort=False, dropna=False)["acc"]
+        .agg(["mean", "std", "count"])
+        .reset_index()
+    )
     return out.rename(columns={"mean": "acc_mean", "std": "acc_std", "count": "seeds"})
 
 
@@ -132,16 +141,18 @@ def compare(name_a: str, accs_a: list[float], name_b: str, accs_b: list[float]) 
 
     a, b = np.asarray(accs_a, float), np.asarray(accs_b, float)
     diff = a.mean() - b.mean()
-    spread = max(a.std(ddof=1) if len(a) > 1 else 0.0, b.std(ddof=1) if len(b) > 1 else 0.0)
+    spread = max(
+        a.std(ddof=1) if len(a) > 1 else 0.0, b.std(ddof=1) if len(b) > 1 else 0.0
+    )
     text = (
-        f"{name_a} {a.mean():.2f}% vs {name_b} {b.mean():.2f}% "
-        f"({diff:+.2f} points; {len(a)} vs {len(b)} seeds, largest seed std {spread:.2f})"
+        f"{name_a} {a.mean():.2f}% vs {name_b} {b.mean():.2f}%: {diff:+.2f} points\n"
+        f"({len(a)} vs {len(b)} seeds, largest seed std {spread:.2f} points)"
     )
     if len(a) < 2 or len(b) < 2:
-        return text + ": too few seeds for a test."
+        return text + "; too few seeds for a test."
     if a.std() == 0 and b.std() == 0:
         p = 0.0 if diff != 0 else 1.0
     else:
         p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
     verdict = "a significant difference" if p < 0.05 else "no significant difference"
-    return text + f": Welch t-test p = {p:.3f}, {verdict} at the 5% level."
+    return text + f"; Welch t-test p = {p:.3f}: {verdict} at the 5% level."

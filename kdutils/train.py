@@ -65,7 +65,9 @@ class PartialRunExists(RuntimeError):
 
 def code_hash() -> str:
     h = hashlib.sha256()
-    files = [_PKG / f for f in _TRAINING_SOURCES] + sorted((_PKG / "distillers").glob("*.py"))
+    files = [_PKG / f for f in _TRAINING_SOURCES] + sorted(
+        (_PKG / "distillers").glob("*.py")
+    )
     for f in files:
         h.update(f.name.encode())
         h.update(f.read_bytes())
@@ -113,7 +115,11 @@ def evaluate(
     model.eval()
     correct, loss = 0, 0.0
     loader = kdata.Loader(
-        test, batch_size, shuffle=False, device=device, channels_last=_is_channels_last(model)
+        test,
+        batch_size,
+        shuffle=False,
+        device=device,
+        channels_last=_is_channels_last(model),
     )
     for x, y, _ in loader:
         logits = model(x)
@@ -131,14 +137,22 @@ def predict_logits(
     device = device or next(model.parameters()).device
     model.eval()
     loader = kdata.Loader(
-        dataset, batch_size, shuffle=False, device=device, channels_last=_is_channels_last(model)
+        dataset,
+        batch_size,
+        shuffle=False,
+        device=device,
+        channels_last=_is_channels_last(model),
     )
     return torch.cat([model(x).float().cpu() for x, _, _ in loader])
 
 
 def _is_channels_last(model: nn.Module) -> bool:
     w = next((m.weight for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return w is not None and w.is_contiguous(memory_format=torch.channels_last) and w.dim() == 4
+    return (
+        w is not None
+        and w.is_contiguous(memory_format=torch.channels_last)
+        and w.dim() == 4
+    )
 
 
 def _make_optimizer(distiller: Distiller, cfg: Config):
@@ -147,7 +161,9 @@ def _make_optimizer(distiller: Distiller, cfg: Config):
         params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
     )
     if cfg.schedule == "step":
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), cfg.gamma)
+        sched = torch.optim.lr_scheduler.MultiStepLR(
+            opt, list(cfg.milestones), cfg.gamma
+        )
     else:
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     return opt, sched
@@ -155,7 +171,9 @@ def _make_optimizer(distiller: Distiller, cfg: Config):
 
 def _trainable_state(distiller: Distiller) -> dict[str, Tensor]:
     # Teachers are frozen and restored from their own run: leave them out.
-    return {k: v for k, v in distiller.state_dict().items() if not k.startswith("teacher.")}
+    return {
+        k: v for k, v in distiller.state_dict().items() if not k.startswith("teacher.")
+    }
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -222,7 +240,9 @@ def fit(
         sums: dict[str, float] = {}
         correct = seen = 0
         for step, (x, y, idx) in enumerate(train_loader):
-            t_logits = teacher_logits[idx.to(device)] if teacher_logits is not None else None
+            t_logits = (
+                teacher_logits[idx.to(device)] if teacher_logits is not None else None
+            )
             logits_s, terms = distiller(x, y, teacher_logits=t_logits)
             loss = sum(terms.values())
             if not torch.isfinite(loss):
@@ -301,7 +321,11 @@ def provenance(device: torch.device) -> dict:
 
     from . import __version__
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor()
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else platform.processor()
+    )
     return {
         "git_commit": _git_commit(),
         "code_hash": code_hash(),
@@ -322,7 +346,9 @@ def load_split(cfg: Config, train: bool) -> kdata.TensorData:
     return d.subset(cfg.train_subset if train else cfg.test_subset)
 
 
-def _teacher_train_logits(t_res: Result, teacher: nn.Module, train: kdata.TensorData) -> Tensor:
+def _teacher_train_logits(
+    t_res: Result, teacher: nn.Module, train: kdata.TensorData
+) -> Tensor:
     """The teacher's logits on the (unaugmented) training set, cached in its run folder."""
     path = Path(t_res.path) / "train_logits.pt"
     if path.exists():
@@ -360,7 +386,9 @@ def run(
     if use_cache and result_path.exists():
         res = Result.load(result_path)
         res.from_cache = True
-        print(f"[cache] {cfg.name}: test acc {100 * res.test_acc:.2f}% (loaded, not trained)")
+        print(
+            f"[cache] {cfg.name}: test acc {100 * res.test_acc:.2f}% (loaded, not trained)"
+        )
         return res
     if ckpt.exists() and restart:
         ckpt.unlink()
@@ -372,7 +400,10 @@ def run(
     teacher, t_res = None, None
     if cfg.method != "ce" and cfg.teacher is not None:
         t_res = run(
-            teacher_config(cfg), device=device, progress=progress, channels_last=channels_last
+            teacher_config(cfg),
+            device=device,
+            progress=progress,
+            channels_last=channels_last,
         )
         teacher = t_res.load_model(device)
     train, test = load_split(cfg, True), load_split(cfg, False)
@@ -393,7 +424,9 @@ def run(
         device=device,
         channels_last=channels_last,
     )
-    print(f"[train] {cfg.name}: {cfg.epochs} epochs on {len(train)} images ({device.type})")
+    print(
+        f"[train] {cfg.name}: {cfg.epochs} epochs on {len(train)} images ({device.type})"
+    )
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     history = fit(distiller, loader, test, cfg, ckpt, key, t_logits, progress)
@@ -418,7 +451,9 @@ def run(
             "channels_last": channels_last,
         },
         teacher=(
-            {"name": t_res.name, "key": t_res.key, "test_acc": t_res.test_acc} if t_res else None
+            {"name": t_res.name, "key": t_res.key, "test_acc": t_res.test_acc}
+            if t_res
+            else None
         ),
         path=str(folder),
     )

@@ -9,6 +9,11 @@ of its own. Per cell, this merges each stream (stdout, stderr) into its first
 output and keeps what a terminal would show: the text after the last "\\r" of
 each line. nbval merges streams the same way before it compares, so its checks
 are unaffected.
+
+It also hides, in the rendered book only (the `remove-cell` tag), a notebook's
+default `parameters` cell when papermill injected the values it actually ran
+with right after it: the page then shows the profile that produced its numbers,
+once.
 """
 
 import re
@@ -43,12 +48,21 @@ def squash(outputs: list) -> list:
     return merged
 
 
+def hide_default_parameters(cells: list) -> None:
+    """Tag the `parameters` cell `remove-cell` when injected values follow it."""
+    tags = [c.get("metadata", {}).get("tags", []) for c in cells]
+    for i in range(len(cells) - 1):
+        if "parameters" in tags[i] and "injected-parameters" in tags[i + 1]:
+            cells[i].metadata["tags"] = [*tags[i], "remove-cell"]
+
+
 def main(paths: list[str]) -> None:
     for path in paths:
         nb = nbformat.read(path, as_version=4)
         for cell in nb.cells:
             if cell.cell_type == "code":
                 cell.outputs = squash(cell.outputs)
+        hide_default_parameters(nb.cells)
         nbformat.write(nb, path)
 
 

@@ -225,3 +225,11 @@ def test_teacher_config_without_a_teacher_is_an_error():
 def test_a_method_that_needs_a_teacher_requires_one():
     with pytest.raises(ValueError, match="teacher"):
         make_config("smoke", method="kd", teacher=None)
+
+
+def test_replace_with_another_method_starts_from_its_defaults():
+    cfg = make_config("smoke", method="kd", T=8)
+    ce = cfg.replace(method="ce")
+    assert ce.method_args == {}
+    assert ce.replace(method="kd").method_args["T"] == 4.0
+    assert cfg.replace(seed=3).method_args["T"] == 8.0

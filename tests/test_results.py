@@ -103,3 +103,24 @@ def test_load_model_without_a_run_folder_is_a_clear_error():
 
 def test_repr_shows_the_accuracy():
     assert "90.00%" in repr(_result(acc=0.9))
+
+
+def test_compare_reads_a_clear_difference_as_significant():
+    from kdutils.results import compare
+
+    text = compare("KD", [88.1, 88.3, 88.2], "alone", [86.6, 86.8, 86.7])
+    assert "+1.50 points" in text and "a significant difference" in text
+
+
+def test_compare_reads_overlapping_seeds_as_no_difference():
+    from kdutils.results import compare
+
+    text = compare("KD", [87.9, 87.2], "alone", [87.8, 87.7])
+    assert "no significant difference" in text and "-0.20 points" in text
+
+
+def test_compare_with_one_seed_runs_no_test():
+    from kdutils.results import compare
+
+    text = compare("KD", [88.0], "alone", [87.0])
+    assert "too few seeds" in text and "Welch" not in text

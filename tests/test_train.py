@@ -78,7 +78,7 @@ def test_run_trains_and_writes_a_result_with_provenance(
     p = res.provenance
     assert "git_commit" in p
     assert p["torch"] == torch.__version__
-    assert p["device"].startswith("cpu")
+    assert p["device"].startswith(ktrain.default_device().type)
     assert p["code_hash"] == ktrain.code_hash()
     assert datetime.fromisoformat(p["date"]).tzinfo is not None
     assert p["wall_seconds"] >= 0

@@ -9,4 +9,8 @@ __all__ = ["METHODS", "Distiller", "check_weights", "get_method", "register", "b
 def build(name: str, student, teacher=None, **hparams) -> Distiller:
     """Build a registered method in one line: ``build("kd", s, t, T=4.0)``."""
     cls = get_method(name)
-    return cls(student, teacher, **hparams) if cls.needs_teacher else cls(student, **hparams)
+    return (
+        cls(student, teacher, **hparams)
+        if cls.needs_teacher
+        else cls(student, **hparams)
+    )

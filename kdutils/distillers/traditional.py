@@ -26,7 +26,7 @@ class CE(Distiller):
 
 @register("kd", section="1")
 class KD(Distiller):
-    """Hinton et al. 2015, survey Eq. (1).
+    """Soft targets of a teacher at temperature T (Hinton et al. 2015), survey Eq. (1).
 
     ``L = ce_weight * CE(l_S, y) + kd_weight * T^2 KL(p_T || p_S)``; the survey's
     lambda is ``ce_weight`` and (1 - lambda) is ``kd_weight``. The T^2 factor is
@@ -54,7 +54,9 @@ class KD(Distiller):
 
     def forward(self, x: Tensor, y: Tensor, teacher_logits: Tensor | None = None):
         logits_s = self.student(x)
-        logits_t = teacher_logits if teacher_logits is not None else self.teacher_logits(x)
+        logits_t = (
+            teacher_logits if teacher_logits is not None else self.teacher_logits(x)
+        )
         return logits_s, {
             "ce": self.ce_weight * F.cross_entropy(logits_s, y),
             "kd": self.kd_weight * kd_loss(logits_s, logits_t, self.T),
