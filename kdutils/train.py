@@ -106,30 +106,6 @@ def build_model(name: str, dataset: str) -> nn.Module:
 
 
 @torch.inference_mode()
-def evaluate(
-    model: nn.Module, test: kdata.TensorData, batch_size: int = 1000, device=None
-) -> dict[str, float]:
-    """Top-1 accuracy (fraction) and mean cross-entropy of ``model`` on ``test``."""
-    device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    correct, loss = 0, 0.0
-    loader = kdata.Loader(
-        test,
-        batch_size,
-        shuffle=False,
-        device=device,
-        channels_last=_is_channels_last(model),
-    )
-    for x, y, _ in loader:
-        logits = model(x)
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        correct += (logits.argmax(1) == y).sum().item()
-    model.train(was_training)
-    return {"acc": correct / len(test), "loss": loss / len(test)}
-
-
-@torch.inference_mode()
 def predict_logits(
     model: nn.Module, dataset: kdata.TensorData, batch_size: int = 1000, device=None
 ) -> Tensor:
@@ -144,6 +120,19 @@ def predict_logits(
         channels_last=_is_channels_last(model),
     )
     return torch.cat([model(x).float().cpu() for x, _, _ in loader])
+
+
+def evaluate(
+    model: nn.Module, test: kdata.TensorData, batch_size: int = 1000, device=None
+) -> dict[str, float]:
+    """Top-1 accuracy (fraction) and mean cross-entropy of ``model`` on ``test``."""
+    was_training = model.training
+    logits = predict_logits(model, test, batch_size, device)  # (N, K)
+    model.train(was_training)
+    return {
+        "acc": (logits.argmax(1) == test.labels).sum().item() / len(test),
+        "loss": F.cross_entropy(logits, test.labels).item(),
+    }
 
 
 def _is_channels_last(model: nn.Module) -> bool:
@@ -346,19 +335,19 @@ def load_split(cfg: Config, train: bool) -> kdata.TensorData:
     return d.subset(cfg.train_subset if train else cfg.test_subset)
 
 
-def _teacher_train_logits(
-    t_res: Result, teacher: nn.Module, train: kdata.TensorData
-) -> Tensor:
+def _teacher_train_logits(t_res: Result, teacher: nn.Module, train: kdata.TensorData) -> Tensor:
     """The teacher's logits on the (unaugmented) training set, cached in its run folder."""
     path = Path(t_res.path) / "train_logits.pt"
     if path.exists():
         logits = torch.load(path, weights_only=True)
         if logits.shape[0] == len(train):
+            print(f"[cache] {t_res.name}: logits on the training set (loaded)")
             return logits
     logits = predict_logits(teacher, train)
     buf = io.BytesIO()
     torch.save(logits, buf)
     atomic_write_bytes(path, buf.getvalue())
+    print(f"[teacher] {t_res.name}: logits on the training set computed once, cached")
     return logits
 
 
