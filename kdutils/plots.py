@@ -51,10 +51,14 @@ def training_curves(
                     )
                 else:
                     vals.append([h[metric] for h in r.history])
-            v = np.array(vals) * (100 if metric.endswith("acc") else 1)
+            # Epochs without a test evaluation (``eval_every``) are gaps (NaN).
+            v = np.array(vals, dtype=float) * (100 if metric.endswith("acc") else 1)
             ep = np.arange(1, v.shape[1] + 1)
             (line,) = ax.plot(
-                ep, v.mean(0), label=f"{name} ({len(rs)} seed{'s' * (len(rs) > 1)})"
+                ep,
+                v.mean(0),
+                marker="o" if np.isfinite(v).sum() < 3 * len(rs) else None,
+                label=f"{name} ({len(rs)} seed{'s' * (len(rs) > 1)})",
             )
             if len(rs) > 1:
                 ax.fill_between(

@@ -256,7 +256,12 @@ def fit(
             bar.update(1)
         lr = opt.param_groups[0]["lr"]
         sched.step()
-        ev = evaluate(distiller.student, test)
+        evaluated = epoch + 1 == cfg.epochs or (epoch + 1) % cfg.eval_every == 0
+        ev = (
+            evaluate(distiller.student, test)
+            if evaluated
+            else {"acc": None, "loss": None}
+        )
         record = {
             "epoch": epoch + 1,
             "lr": lr,
@@ -267,7 +272,8 @@ def fit(
             "seconds": time.perf_counter() - t0,
         }
         history.append(record)
-        bar.set_postfix(epoch=epoch + 1, test_acc=f"{100 * ev['acc']:.2f}")
+        if evaluated:
+            bar.set_postfix(epoch=epoch + 1, test_acc=f"{100 * ev['acc']:.2f}")
         if checkpoint is not None:
             save_checkpoint(
                 checkpoint,
@@ -335,7 +341,9 @@ def load_split(cfg: Config, train: bool) -> kdata.TensorData:
     return d.subset(cfg.train_subset if train else cfg.test_subset)
 
 
-def _teacher_train_logits(t_res: Result, teacher: nn.Module, train: kdata.TensorData) -> Tensor:
+def _teacher_train_logits(
+    t_res: Result, teacher: nn.Module, train: kdata.TensorData
+) -> Tensor:
     """The teacher's logits on the (unaugmented) training set, cached in its run folder."""
     path = Path(t_res.path) / "train_logits.pt"
     if path.exists():

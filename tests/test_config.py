@@ -233,3 +233,11 @@ def test_replace_with_another_method_starts_from_its_defaults():
     assert ce.method_args == {}
     assert ce.replace(method="kd").method_args["T"] == 4.0
     assert cfg.replace(seed=3).method_args["T"] == 8.0
+
+
+def test_a_teacher_is_evaluated_once_after_its_last_epoch():
+    cfg = make_config("quick", method="kd", teacher_epochs=5)
+    t = teacher_config(cfg)
+    assert (t.epochs, t.eval_every) == (5, 5)
+    with pytest.raises(ValueError, match="eval_every"):
+        cfg.replace(eval_every=0)

@@ -154,6 +154,7 @@ _CHANGES = {
     "seed": dict(seed=1),
     "teacher_seed": dict(teacher_seed=1),
     "teacher_epochs": dict(teacher_epochs=1),
+    "eval_every": dict(eval_every=2),
     "profile": dict(profile="quick"),
 }
 
@@ -402,3 +403,10 @@ def test_predict_logits_is_in_dataset_order():
     with torch.no_grad():
         expected = model(kdata.normalize(data.images, data.info))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_eval_every_skips_epochs_but_always_evaluates_the_last(digits_config):
+    res = kd.run(digits_config(method="ce", epochs=3, eval_every=2), progress=False)
+    accs = [h["test_acc"] for h in res.history]
+    assert accs[0] is None and accs[1] is not None and accs[2] is not None
+    assert res.test_acc == accs[2]
