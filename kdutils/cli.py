@@ -126,25 +126,22 @@ def _profiles_table() -> str:
     from kdutils.config import make_config
 
     rows = [
-        "| profile | data | teacher → student | epochs | batch | lr, schedule | augmentation |",
-        "|---|---|---|---|---|---|---|",
+        "| profile | data | train / test images | teacher → student | epochs "
+        "| batch | lr, schedule | augment |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name in ("smoke", "quick", "paper"):
         c = make_config(name)
-        n = (
-            f"{c.train_subset:,} training images"
-            if c.train_subset
-            else "full training set"
-        )
-        t = f"{c.test_subset:,} test images" if c.test_subset else "full test set"
-        sched = (
-            "cosine"
-            if c.schedule == "cosine"
-            else f"x{c.gamma:g} at {list(c.milestones)}"
-        )
+        n = f"{c.train_subset:,}" if c.train_subset else "all"
+        t = f"{c.test_subset:,}" if c.test_subset else "all"
+        if c.schedule == "cosine":
+            sched = "cosine"
+        else:
+            sched = f"×{c.gamma:g} at {', '.join(map(str, c.milestones))}"
         rows.append(
-            f"| `{name}` | {c.dataset}, {n}, {t} | {c.teacher} → {c.student} | {c.epochs} "
-            f"| {c.batch_size} | {c.lr:g}, {sched} | {'yes' if c.augment else 'no'} |"
+            f"| `{name}` | {c.dataset} | {n} / {t} | {c.teacher} → {c.student} "
+            f"| {c.epochs} | {c.batch_size} | {c.lr:g}, {sched} "
+            f"| {'yes' if c.augment else 'no'} |"
         )
     return "\n".join(rows) + "\n"
 

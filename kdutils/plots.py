@@ -178,7 +178,12 @@ TAXONOMY = (
     "Knowledge distillation",
     "",
     [
-        ("Traditional KD", "§1", [], "soft targets with a temperature (Hinton et al.)"),
+        (
+            "Traditional KD",
+            "§1",
+            [],
+            "soft targets with a temperature\n(Hinton et al.)",
+        ),
         (
             "Performance-oriented",
             "§2",
@@ -187,7 +192,7 @@ TAXONOMY = (
                     "Output-based loss",
                     "§2.1",
                     [],
-                    "conditional teacher-student, adaptive temperature, CRD",
+                    "conditional teacher-student,\nadaptive temperature, CRD",
                 ),
                 (
                     "Forms of knowledge",
@@ -200,7 +205,7 @@ TAXONOMY = (
                             "FitNet, progressive hints",
                         ),
                         (
-                            "Knowledge from feature maps",
+                            "Feature-map knowledge",
                             "§2.2.2",
                             [],
                             "AT, FSP, AFD, ReviewKD",
@@ -218,14 +223,14 @@ TAXONOMY = (
                             "Multi-teacher",
                             "§2.3.3",
                             [],
-                            "averaged soft targets, AMTML-KD",
+                            "averaged soft targets,\nAMTML-KD",
                         ),
                         ("Progressive", "§2.3.4", [], "snapshot distillation, ProKT"),
                         (
                             "Adversarial (GAN)",
                             "§2.3.5",
                             [],
-                            "discriminators on logits or features",
+                            "discriminators on\nlogits or features",
                         ),
                     ],
                 ),
@@ -236,20 +241,20 @@ TAXONOMY = (
             "§3",
             [
                 (
-                    "Adjusting the architecture (NAS + KD)",
+                    "Architecture (NAS + KD)",
                     "§3.1",
                     [],
-                    "channel planting, search to distil, few-sample KD",
+                    "channel planting, search to\ndistil, few-sample KD",
                 ),
                 (
-                    "Distilling into small networks",
+                    "Small networks",
                     "§3.2",
                     [],
                     "TAKD, DGKD, early-stopped KD",
                 ),
             ],
         ),
-        ("Applications", "§5", [], "detection, segmentation, faces, NLP"),
+        ("Applications", "§5", [], "detection, segmentation,\nfaces, NLP"),
     ],
 )
 
@@ -268,8 +273,8 @@ def taxonomy(tree=TAXONOMY) -> Figure:
 
     count(tree, 0)
     max_depth = max(depth_of.values())
-    width = max_depth + 1.95  # room for the examples right of the deepest leaves
-    fig, ax = plt.subplots(figsize=(3.0 * width, 0.55 * len(leaves) + 0.6))
+    width = max_depth + 1.85  # room for the examples right of the deepest leaves
+    fig, ax = plt.subplots(figsize=(2.2 * width, 0.62 * len(leaves) + 0.6))
     ax.set_xlim(-0.05, width)
     ax.set_ylim(-0.7, len(leaves) - 0.3)
     ax.axis("off")
@@ -289,12 +294,12 @@ def taxonomy(tree=TAXONOMY) -> Figure:
     def draw(node):
         x, y = pos[id(node)]
         d = depth_of[id(node)]
-        text = node[0] + (f"  {node[1]}" if node[1] else "")
+        text = node[0] + (f"\n{node[1]}" if node[1] else "")
         ax.add_patch(
             FancyBboxPatch(
-                (x, y - 0.3),
+                (x, y - 0.36),
                 0.88,
-                0.6,
+                0.72,
                 boxstyle="round,pad=0.02",
                 fc=colors[min(d, 3)],
                 ec="none",
@@ -306,7 +311,7 @@ def taxonomy(tree=TAXONOMY) -> Figure:
             text,
             ha="center",
             va="center",
-            fontsize=8.5,
+            fontsize=10,
             color="white" if d < 2 else "black",
         )
         if not node[2] and len(node) > 3:
@@ -316,7 +321,7 @@ def taxonomy(tree=TAXONOMY) -> Figure:
                 node[3],
                 ha="left",
                 va="center",
-                fontsize=8,
+                fontsize=9.5,
                 color="0.3",
                 style="italic",
             )
