@@ -14,28 +14,13 @@ import kdutils as kd  # noqa: E402
 from kdutils import plots  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def results(tmp_path_factory):
-    import os
-
-    os.environ["KD_CACHE_DIR"] = str(tmp_path_factory.mktemp("plots-cache"))
-    out = []
-    for method in ("ce", "kd"):
-        for seed in (0, 1):
-            cfg = kd.make_config(
-                "smoke",
-                method=method,
-                seed=seed,
-                dataset="digits",
-                epochs=2,
-                train_subset=200,
-                test_subset=100,
-                teacher="resnet8",
-                student="resnet8",
-                eval_every=2,
-            )
-            out.append(kd.run(cfg, progress=False))
-    return out
+@pytest.fixture
+def results(digits_config):
+    return [
+        kd.run(digits_config(method=m, seed=s, eval_every=2), progress=False)
+        for m in ("ce", "kd")
+        for s in (0, 1)
+    ]
 
 
 def test_training_curves_draws_one_line_per_group_and_tolerates_gaps(results):
