@@ -146,13 +146,13 @@ def compare(name_a: str, accs_a: list[float], name_b: str, accs_b: list[float]) 
     )
     text = (
         f"{name_a} {a.mean():.2f}% vs {name_b} {b.mean():.2f}%: {diff:+.2f} points\n"
-        f"({len(a)} vs {len(b)} seeds, largest seed std {spread:.2f} points)"
+        f"({len(a)} vs {len(b)} seeds, largest seed std {spread:.2f} points)\n"
     )
     if len(a) < 2 or len(b) < 2:
-        return text + "; too few seeds for a test."
+        return text + "too few seeds for a test."
     if a.std() == 0 and b.std() == 0:
         p = 0.0 if diff != 0 else 1.0
     else:
         p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
     verdict = "a significant difference" if p < 0.05 else "no significant difference"
-    return text + f"; Welch t-test p = {p:.3f}: {verdict} at the 5% level."
+    return text + f"Welch t-test p = {p:.3f}: {verdict} at the 5% level."

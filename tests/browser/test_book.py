@@ -232,7 +232,7 @@ def _check_page(seen: Visit, name: str, base_url: str) -> dict:
     assert not math["untypeset"], f"math left untypeset: {math['untypeset']}"
     assert not math["errors"], f"TeX errors: {math['errors']}"
     assert math["containers"] >= math["math"]
-    raw_tex = re.findall(r"\$\$|\\begin\{|\\\(|\\\[|\\[A-Za-z]{2,}", prose)
+    raw_tex = re.findall(r"\$|\\begin\{|\\\(|\\\[|\\[A-Za-z]{2,}", prose)
     assert not raw_tex, f"raw TeX visible in the text: {sorted(set(raw_tex))}"
     not_loaded = [img["src"] for img in images if img["width"] <= 0]
     assert not not_loaded, f"images that did not load: {not_loaded}"
