@@ -148,7 +148,7 @@ def sweep(
     summary, param: str, title: str = "", reference=None, logx: bool = True
 ) -> Figure:
     """Accuracy against a hyperparameter (e.g. the temperature), with seed std."""
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
     ax.errorbar(
         summary[param],
         summary["acc_mean"],
@@ -164,7 +164,7 @@ def sweep(
         ax.set_xticks(summary[param], [f"{v:g}" for v in summary[param]])
     ax.set_xlabel(param)
     ax.set_ylabel("test accuracy (%)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     ax.grid(alpha=0.3)
     if title:
         ax.set_title(title)
