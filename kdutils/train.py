@@ -206,7 +206,17 @@ def fit(
     start = 0
     if checkpoint is not None and checkpoint.exists():
         state = load_checkpoint(checkpoint, key)
-        distiller.load_state_dict(state["distiller"], strict=False)
+        # The teacher is not in checkpoints (it has its own run); anything else
+        # missing or extra means the checkpoint is not this run's.
+        missing, unexpected = distiller.load_state_dict(
+            state["distiller"], strict=False
+        )
+        missing = [k for k in missing if not k.startswith("teacher.")]
+        if missing or unexpected:
+            raise CheckpointError(
+                f"checkpoint {checkpoint} does not match this run's modules "
+                f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            )
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         history, start = state["history"], state["epoch"]

@@ -410,3 +410,28 @@ def test_eval_every_skips_epochs_but_always_evaluates_the_last(digits_config):
     accs = [h["test_acc"] for h in res.history]
     assert accs[0] is None and accs[1] is not None and accs[2] is not None
     assert res.test_acc == accs[2]
+
+
+def test_a_checkpoint_with_missing_student_weights_is_refused(
+    digits_config, monkeypatch
+):
+    cfg = digits_config(method="ce", epochs=2)
+    folder = ktrain.run_dir(cfg)
+    real_iter = kdata.Loader.__iter__
+
+    def stop_in_epoch_two(self):
+        for i, batch in enumerate(real_iter(self)):
+            if self.epoch == 1 and i == 1:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(kdata.Loader, "__iter__", stop_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        kd.run(cfg, progress=False)
+    monkeypatch.setattr(kdata.Loader, "__iter__", real_iter)
+    ckpt = folder / "checkpoint.pt"
+    state = torch.load(ckpt, weights_only=False)
+    state["distiller"].pop("student.fc.weight")
+    torch.save(state, ckpt)
+    with pytest.raises(ktrain.CheckpointError, match="student.fc.weight"):
+        kd.run(cfg, progress=False)
