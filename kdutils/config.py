@@ -204,15 +204,12 @@ def _check_values(cls, cfg: Config) -> None:
     weights) raise here, before any teacher is trained."""
     import torch
 
+    from .distillers import build
     from .models import create_model
 
     with torch.device("meta"):
-        student = create_model(cfg.student)
         teacher = create_model(cfg.teacher) if cls.needs_teacher else None
-        if cls.needs_teacher:
-            cls(student, teacher, **cfg.method_args)
-        else:
-            cls(student, **cfg.method_args)
+        build(cfg.method, create_model(cfg.student), teacher, **cfg.method_args)
 
 
 def teacher_config(cfg: Config) -> Config:
