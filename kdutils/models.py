@@ -29,7 +29,12 @@ __all__ = [
 
 
 class BasicBlock(nn.Module):
-    """Two 3x3 convolutions with a residual connection."""
+    """Two 3x3 convolutions with a residual connection.
+
+    ``preact`` is an identity that marks the sum before the last ReLU, so that
+    methods which distil pre-activation features (AB, OFD-style hints) can
+    capture it; the ReLU after it is not in-place for the same reason.
+    """
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
         super().__init__()
@@ -38,6 +43,7 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.relu = nn.ReLU(inplace=True)
+        self.preact = nn.Identity()
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
@@ -48,7 +54,7 @@ class BasicBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + self.shortcut(x))
+        return torch.relu(self.preact(out + self.shortcut(x)))
 
 
 class ResNet(nn.Module):
@@ -56,6 +62,8 @@ class ResNet(nn.Module):
 
     Stages, for :func:`capture`: ``stem`` (B, w0, H, W), ``layer1`` (B, w1, H, W),
     ``layer2`` (B, w2, H/2, W/2), ``layer3`` (B, w3, H/4, W/4), ``pool`` (B, w3).
+    :meth:`stage_layers` names the three stage outputs, after or before their
+    last ReLU.
     """
 
     feature_layers = ("stem", "layer1", "layer2", "layer3", "pool")
@@ -94,6 +102,14 @@ class ResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def stage_layers(self, pre_relu: bool = False) -> list[str]:
+        """``["layer1", "layer2", "layer3"]``, or with ``pre_relu`` the
+        ``preact`` point of each stage's last block (e.g. ``"layer3.2.preact"``)."""
+        if not pre_relu:
+            return ["layer1", "layer2", "layer3"]
+        n = len(self.layer1)
+        return [f"layer{i}.{n - 1}.preact" for i in (1, 2, 3)]
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.stem(x)
@@ -139,7 +155,8 @@ def capture(
 
     The dict is refilled on every forward inside the block.
     """
-    names = list(names or getattr(model, "feature_layers", ()))
+    # None: every feature layer the model lists; an empty list: none.
+    names = list(getattr(model, "feature_layers", ()) if names is None else names)
     modules = dict(model.named_modules())
     missing = [n for n in names if n not in modules]
     if missing:

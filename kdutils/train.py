@@ -11,6 +11,7 @@ never be used. A folder with ``result.json`` is finished; one with only
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import os
 import pickle
@@ -19,6 +20,7 @@ import random
 import subprocess
 import sys
 import time
+import types
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from tqdm import tqdm
 
 from . import data as kdata
 from .config import Config, teacher_config
-from .distillers import Distiller, build
+from .distillers import Distiller, build, get_method
 from .models import create_model, num_params
 from .results import Result, atomic_write_bytes
 
@@ -47,8 +49,9 @@ __all__ = [
 ]
 
 _PKG = Path(__file__).resolve().parent
-# The source files whose content decides what a run computes.
-_TRAINING_SOURCES = ["config.py", "data.py", "models.py", "losses.py", "train.py"]
+# The source files whose content decides what any run computes; a method adds
+# the files its Distiller's module draws on (see ``method_sources``).
+_CORE_SOURCES = ["config.py", "data.py", "models.py", "train.py"]
 
 
 class CheckpointError(RuntimeError):
@@ -63,20 +66,60 @@ class PartialRunExists(RuntimeError):
     """A checkpoint exists and the caller asked neither to resume nor restart."""
 
 
-def code_hash() -> str:
-    h = hashlib.sha256()
-    files = [_PKG / f for f in _TRAINING_SOURCES] + sorted(
-        (_PKG / "distillers").glob("*.py")
+def method_sources(method: str) -> list[str]:
+    """The kdutils files (relative paths) that a method's Distiller draws on.
+
+    The module that defines the method's class, and, transitively, every
+    kdutils module whose functions, classes or self it imports (its loss
+    module, ``distillers/base.py``, ``models.py``, ...). Adding a new method in
+    another module leaves every other method's runs valid.
+    """
+    cls = get_method(method)
+    seen: set[str] = set()
+    stack = [cls.__module__]
+    while stack:
+        name = stack.pop()
+        mod = sys.modules.get(name)
+        if mod is None or name in seen:
+            continue
+        seen.add(name)
+        for value in vars(mod).values():
+            dep = (
+                value.__name__
+                if isinstance(value, types.ModuleType)
+                else getattr(value, "__module__", None)
+            )
+            if isinstance(dep, str) and dep.startswith("kdutils.") and dep not in seen:
+                stack.append(dep)
+    root = Path(sys.modules["kdutils"].__file__).resolve().parent
+    return sorted(
+        Path(sys.modules[n].__file__).resolve().relative_to(root).as_posix()
+        for n in seen
+        if n.startswith("kdutils.")
     )
-    for f in files:
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
+
+
+def code_hash(method: str = "ce") -> str:
+    """Hash of the core training sources and of ``method``'s own sources."""
+    h = hashlib.sha256()
+    for rel in sorted({*_CORE_SOURCES, *method_sources(method)}):
+        h.update(rel.encode())
+        h.update((_PKG / rel).read_bytes())
+    cls = get_method(method)
+    if not cls.__module__.startswith("kdutils."):
+        # A method registered by the user (a notebook, a script): its own source.
+        try:
+            h.update(inspect.getsource(cls).encode())
+        except (OSError, TypeError):
+            h.update(f"{cls.__module__}.{cls.__qualname__}".encode())
     return h.hexdigest()[:16]
 
 
 def run_key(cfg: Config, channels_last: bool = True) -> str:
     """Hash of the config, the training code and the memory layout (NHWC or not)."""
-    text = cfg.key_json() + code_hash() + ("nhwc" if channels_last else "nchw")
+    text = (
+        cfg.key_json() + code_hash(cfg.method) + ("nhwc" if channels_last else "nchw")
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -191,20 +234,25 @@ def fit(
     cfg: Config,
     checkpoint: Path | None = None,
     key: str = "",
-    teacher_logits: Tensor | None = None,
+    teacher_out: dict[str, Tensor] | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """Train ``distiller`` for ``cfg.epochs``; return the per-epoch history.
 
-    Writes ``checkpoint`` after every epoch and, if it exists, resumes from it.
-    ``teacher_logits`` (N, K), in dataset order, replaces the teacher's forward
-    pass for methods that only need its logits.
+    Writes ``checkpoint`` after every epoch and, if it exists, resumes from it;
+    a fresh run first calls ``distiller.prepare(train_loader)``.
+    ``teacher_out`` maps ``"logits"`` and each of ``distiller.teacher_layers``
+    to the frozen teacher's outputs on the whole training set ``(N, ...)``, in
+    dataset order; each batch's slice replaces the teacher's forward pass.
     """
     device = next(distiller.student.parameters()).device
-    opt, sched = _make_optimizer(distiller, cfg)
     history: list[dict] = []
     start = 0
-    if checkpoint is not None and checkpoint.exists():
+    resuming = checkpoint is not None and checkpoint.exists()
+    if not resuming:
+        distiller.prepare(train_loader)
+    opt, sched = _make_optimizer(distiller, cfg)
+    if resuming:
         state = load_checkpoint(checkpoint, key)
         # The teacher is not in checkpoints (it has its own run); anything else
         # missing or extra means the checkpoint is not this run's.
@@ -221,8 +269,8 @@ def fit(
         sched.load_state_dict(state["scheduler"])
         history, start = state["history"], state["epoch"]
         print(f"[resume] {cfg.name}: continuing after epoch {start}/{cfg.epochs}")
-    if teacher_logits is not None:
-        teacher_logits = teacher_logits.to(device)
+    if teacher_out is not None:
+        teacher_out = {k: v.to(device) for k, v in teacher_out.items()}
     steps = len(train_loader)
     bar = tqdm(
         total=cfg.epochs * steps,
@@ -235,14 +283,16 @@ def fit(
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         distiller.train()
+        distiller.on_epoch(epoch, cfg.epochs)
         train_loader.set_epoch(epoch)
         sums: dict[str, float] = {}
         correct = seen = 0
         for step, (x, y, idx) in enumerate(train_loader):
-            t_logits = (
-                teacher_logits[idx.to(device)] if teacher_logits is not None else None
-            )
-            logits_s, terms = distiller(x, y, teacher_logits=t_logits)
+            t_out = None
+            if teacher_out is not None:
+                rows = idx.to(device)
+                t_out = {k: v[rows] for k, v in teacher_out.items()}
+            logits_s, terms = distiller(x, y, teacher_out=t_out, idx=idx)
             loss = sum(terms.values())
             if not torch.isfinite(loss):
                 values = ", ".join(f"{k}={v.item():.4g}" for k, v in terms.items())
@@ -321,7 +371,7 @@ def _git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def provenance(device: torch.device) -> dict:
+def provenance(device: torch.device, method: str = "ce") -> dict:
     import torchvision
 
     from . import __version__
@@ -333,7 +383,7 @@ def provenance(device: torch.device) -> dict:
     )
     return {
         "git_commit": _git_commit(),
-        "code_hash": code_hash(),
+        "code_hash": code_hash(method),
         "kdutils": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -367,6 +417,43 @@ def _teacher_train_logits(
     atomic_write_bytes(path, buf.getvalue())
     print(f"[teacher] {t_res.name}: logits on the training set computed once, cached")
     return logits
+
+
+# Teacher feature maps for the whole training set are kept in memory only when
+# they fit this budget (ResNet32's three stages on 10k Fashion-MNIST images:
+# 0.9 GB); otherwise the teacher runs on every batch.
+FEATURE_CACHE_BYTES = int(float(os.environ.get("KD_FEATURE_CACHE_GB", "3")) * 2**30)
+
+
+@torch.no_grad()
+def _teacher_train_features(
+    distiller: Distiller, train: kdata.TensorData, channels_last: bool
+) -> dict[str, Tensor] | None:
+    """``distiller.teacher_layers`` outputs on the training set, or None if too big."""
+    layers = distiller.teacher_layers
+    device = next(distiller.teacher.parameters()).device
+    x0 = kdata.normalize(train.images[:1].to(device), train.info)
+    shapes = {k: v.shape[1:] for k, v in distiller.teacher_outputs(x0).items()}
+    per_sample = sum(torch.Size(shapes[k]).numel() for k in layers) * 4
+    if per_sample * len(train) > FEATURE_CACHE_BYTES:
+        print(
+            f"[teacher] features of {', '.join(layers)} would take "
+            f"{per_sample * len(train) / 2**30:.1f} GiB: computed on every batch"
+        )
+        return None
+    loader = kdata.Loader(
+        train, 500, shuffle=False, device=device, channels_last=channels_last
+    )
+    chunks: dict[str, list[Tensor]] = {k: [] for k in layers}
+    for x, _, _ in loader:
+        out = distiller.teacher_outputs(x)
+        for k in layers:
+            chunks[k].append(out[k].clone())
+    print(
+        f"[teacher] features of {', '.join(layers)} on the training set computed "
+        f"once ({per_sample * len(train) / 2**20:.0f} MiB in memory)"
+    )
+    return {k: torch.cat(v).clone() for k, v in chunks.items()}
 
 
 def run(
@@ -418,10 +505,14 @@ def run(
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     student = build_model(cfg.student, cfg.dataset).to(device)
     distiller = build(cfg.method, student, teacher, **cfg.method_args)
+    distiller.setup(train)
     distiller = distiller.to(device, memory_format=fmt)
-    t_logits = None
-    if teacher is not None and distiller.logits_only and not cfg.augment:
-        t_logits = _teacher_train_logits(t_res, teacher, train)
+    t_out = None
+    if teacher is not None and distiller.cache_teacher and not cfg.augment:
+        t_out = {"logits": _teacher_train_logits(t_res, teacher, train)}
+        if distiller.teacher_layers:
+            feats = _teacher_train_features(distiller, train, channels_last)
+            t_out = None if feats is None else {**t_out, **feats}
     loader = kdata.Loader(
         train,
         cfg.batch_size,
@@ -436,7 +527,7 @@ def run(
     )
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    history = fit(distiller, loader, test, cfg, ckpt, key, t_logits, progress)
+    history = fit(distiller, loader, test, cfg, ckpt, key, t_out, progress)
     wall = time.perf_counter() - t0
     buf = io.BytesIO()
     torch.save(student.state_dict(), buf)
@@ -453,7 +544,7 @@ def run(
             "train_seconds": sum(h["seconds"] for h in history),
         },
         provenance={
-            **provenance(device),
+            **provenance(device, cfg.method),
             "wall_seconds": wall,
             "channels_last": channels_last,
         },

@@ -10,7 +10,10 @@ import torch.nn.functional as F
 import kdutils as kd
 from kdutils.distillers import Distiller, check_weights, get_method, register
 
-BATCH, CLASSES, CHANNELS, SIZE = 8, 5, 3, 16
+BATCH, CLASSES, CHANNELS, SIZE = 8, 10, 3, 16
+# A tiny training set of the same shape, for methods whose ``setup`` needs data
+# (connector shapes, a memory bank with one slot per sample).
+N_TRAIN = 32
 
 
 def _models(seed: int = 0):
@@ -27,9 +30,18 @@ def _batch(seed: int = 0):
     return x, y
 
 
+def _train_data() -> kd.data.TensorData:
+    g = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (N_TRAIN, CHANNELS, SIZE, SIZE), generator=g)
+    labels = torch.arange(N_TRAIN) % CLASSES
+    return kd.data.TensorData(images.to(torch.uint8), labels, "cifar10")
+
+
 def _build(name: str):
     student, teacher = _models()
-    return kd.build(name, student, teacher), student, teacher
+    distiller = kd.build(name, student, teacher)
+    distiller.setup(_train_data())
+    return distiller, student, teacher
 
 
 METHOD_NAMES = sorted(kd.METHODS)
@@ -53,7 +65,7 @@ def test_forward_returns_logits_and_finite_named_terms(name):
     distiller, _, _ = _build(name)
     distiller.train()
     x, y = _batch()
-    logits, terms = distiller(x, y)
+    logits, terms = distiller(x, y, idx=torch.arange(BATCH))
     assert logits.shape == (BATCH, CLASSES)
     assert isinstance(terms, dict) and terms
     for key, value in terms.items():
@@ -68,7 +80,7 @@ def test_backward_trains_the_student_and_never_the_teacher(name):
     distiller, student, teacher = _build(name)
     distiller.train()
     x, y = _batch()
-    _, terms = distiller(x, y)
+    _, terms = distiller(x, y, idx=torch.arange(BATCH))
     sum(terms.values()).backward()
     assert all(p.grad is None for p in teacher.parameters())
     if distiller.teacher is not None:  # methods without a teacher may ignore it
@@ -94,7 +106,7 @@ def test_teacher_batch_norm_statistics_do_not_move(name):
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
     distiller.train()
     x, y = _batch()
-    distiller(x, y)
+    distiller(x, y, idx=torch.arange(BATCH))
     after = teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -179,7 +191,7 @@ def test_kd_terms_are_weighted_ce_and_kd_loss():
     distiller = kd.build("kd", student, teacher, T=3.0, ce_weight=0.25, kd_weight=0.6)
     distiller.train()
     x, y = _batch()
-    logits_s, terms = distiller(x, y)
+    logits_s, terms = distiller(x, y, idx=torch.arange(BATCH))
     assert set(terms) == {"ce", "kd"}
     with torch.no_grad():
         logits_t = teacher(x)  # the teacher is in eval mode
@@ -195,13 +207,13 @@ def test_kd_with_precomputed_teacher_logits_equals_the_teacher_forward():
     with torch.no_grad():
         logits_t = teacher(x)
     state = {k: v.clone() for k, v in student.state_dict().items()}
-    _, online = distiller(x, y)
+    _, online = distiller(x, y, idx=torch.arange(BATCH))
     student.load_state_dict(state)  # undo the BN running-stat update
-    _, cached = distiller(x, y, teacher_logits=logits_t)
+    _, cached = distiller(x, y, teacher_out={"logits": logits_t})
     for k in ("ce", "kd"):
         torch.testing.assert_close(online[k], cached[k], rtol=0, atol=0)
     # ... and other teacher logits really change the loss.
-    _, other = distiller(x, y, teacher_logits=logits_t.flip(0))
+    _, other = distiller(x, y, teacher_out={"logits": logits_t.flip(0)})
     assert not torch.equal(other["kd"], cached["kd"])
 
 
@@ -210,6 +222,28 @@ def test_ce_is_plain_cross_entropy_and_ignores_a_teacher():
     distiller = kd.build("ce", student, teacher)
     assert distiller.teacher is None
     x, y = _batch()
-    logits, terms = distiller(x, y)
+    logits, terms = distiller(x, y, idx=torch.arange(BATCH))
     assert set(terms) == {"ce"}
     torch.testing.assert_close(terms["ce"], F.cross_entropy(logits, y))
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_precomputed_teacher_outputs_give_the_same_terms(name):
+    """What the trainer passes as ``teacher_out`` (computed once, sliced per
+    batch) must give exactly the terms of the live teacher forward."""
+    distiller, student, _ = _build(name)
+    if distiller.teacher is None or not distiller.cache_teacher:
+        pytest.skip("no frozen teacher")
+    distiller.train()
+    x, y = _batch()
+    t_out = distiller.teacher_outputs(x)
+    assert set(t_out) == {"logits", *distiller.teacher_layers}
+    state = {k: v.clone() for k, v in distiller.state_dict().items()}
+    torch.manual_seed(0)
+    _, live = distiller(x, y, idx=torch.arange(BATCH))
+    distiller.load_state_dict(state)  # undo running-stat and memory updates
+    torch.manual_seed(0)
+    _, cached = distiller(x, y, teacher_out=t_out, idx=torch.arange(BATCH))
+    assert live.keys() == cached.keys()
+    for k in live:
+        torch.testing.assert_close(live[k], cached[k], rtol=1e-6, atol=1e-7)

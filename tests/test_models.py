@@ -161,3 +161,15 @@ def test_shortcuts_are_1x1_conv_plus_bn():
     assert isinstance(conv, torch.nn.Conv2d) and conv.kernel_size == (1, 1)
     assert conv.stride == (2, 2)
     assert isinstance(bn, torch.nn.BatchNorm2d)
+
+
+def test_preact_points_capture_the_sum_before_the_last_relu():
+    model = kd.create_model("resnet14", in_channels=1).eval()
+    pre, post = model.stage_layers(pre_relu=True), model.stage_layers()
+    assert pre == ["layer1.1.preact", "layer2.1.preact", "layer3.1.preact"]
+    x = torch.randn(4, 1, 12, 12)
+    with torch.no_grad(), kd.capture(model, pre + post) as feats:
+        model(x)
+    for a, b in zip(pre, post, strict=True):
+        assert (feats[a] < 0).any()  # really before the ReLU
+        torch.testing.assert_close(torch.relu(feats[a]), feats[b], rtol=0, atol=0)

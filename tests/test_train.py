@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import kdutils as kd
 from kdutils import data as kdata
 from kdutils import train as ktrain
 from kdutils.config import Config, teacher_config
+from kdutils.distillers import Distiller
 from kdutils.results import Result, atomic_write_bytes
 
 
@@ -176,7 +178,7 @@ def test_a_code_change_changes_the_key_and_is_never_served_from_cache(
 ):
     cfg = digits_config(method="ce")
     first = kd.run(cfg, progress=False)
-    monkeypatch.setattr(ktrain, "code_hash", lambda: "0123456789abcdef")
+    monkeypatch.setattr(ktrain, "code_hash", lambda method="ce": "0123456789abcdef")
     assert ktrain.run_key(cfg) != first.key
     capsys.readouterr()
     second = kd.run(cfg, progress=False)
@@ -190,17 +192,33 @@ def test_code_hash_follows_the_training_sources(tmp_path, monkeypatch):
     pkg = tmp_path / "kdutils"
     shutil.copytree(ktrain._PKG, pkg, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(ktrain, "_PKG", pkg)
-    base = ktrain.code_hash()
-    assert base == ktrain.code_hash()
-    for rel in ("losses.py", "distillers/traditional.py", "train.py", "data.py"):
+    base = ktrain.code_hash("kd")
+    assert base == ktrain.code_hash("kd")
+    for rel in (
+        "losses/output.py",
+        "distillers/traditional.py",
+        "distillers/base.py",
+        "train.py",
+        "data.py",
+        "models.py",
+    ):
         f = pkg / rel
         original = f.read_text()
         f.write_text(original + "\n# changed\n")
-        assert ktrain.code_hash() != base, rel
+        assert ktrain.code_hash("kd") != base, rel
         f.write_text(original)
-    assert ktrain.code_hash() == base
+    assert ktrain.code_hash("kd") == base
+    # Plotting, and other families' modules, do not change what a kd run computes.
     (pkg / "plots.py").write_text("# plotting does not change what a run computes\n")
-    assert ktrain.code_hash() == base
+    (pkg / "losses" / "relation.py").write_text("# another family's losses\n")
+    assert ktrain.code_hash("kd") == base
+
+
+def test_method_sources_follow_the_distillers_imports():
+    files = ktrain.method_sources("kd")
+    assert "distillers/traditional.py" in files
+    assert "distillers/base.py" in files and "losses/output.py" in files
+    assert "losses/relation.py" not in files
 
 
 # Determinism and resuming
@@ -341,9 +359,9 @@ def test_a_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(
     original = ce_cls.forward
     calls = {"n": 0}
 
-    def forward(self, x, y, teacher_logits=None):
+    def forward(self, x, y, teacher_out=None, idx=None):
         calls["n"] += 1
-        logits, terms = original(self, x, y, teacher_logits)
+        logits, terms = original(self, x, y, teacher_out, idx)
         if calls["n"] == steps + 2:  # epoch 2, step 2
             terms = {"ce": terms["ce"] * float("nan")}
         return logits, terms
@@ -435,3 +453,49 @@ def test_a_checkpoint_with_missing_student_weights_is_refused(
     torch.save(state, ckpt)
     with pytest.raises(ktrain.CheckpointError, match="student.fc.weight"):
         kd.run(cfg, progress=False)
+
+
+# Teacher outputs computed once for the training set
+
+
+class _Spy(Distiller):
+    """A test-only method reading the teacher's ``layer2``; records what it gets."""
+
+    seen: list = []
+
+    def __init__(self, student, teacher, w: float = 1.0):
+        super().__init__(student, teacher)
+        self.teacher_layers = ("layer2",)
+
+    def forward(self, x, y, teacher_out=None, idx=None):
+        live = self.teacher_outputs(x)
+        _Spy.seen.append((teacher_out, live, idx))
+        return self.student(x), {"ce": F.cross_entropy(self.student(x), y)}
+
+
+def test_teacher_features_are_computed_once_and_match_the_live_forward(
+    digits_config, monkeypatch, capsys
+):
+    monkeypatch.setitem(kd.METHODS, "spy", _Spy)
+    _Spy.seen = []
+    cfg = digits_config(method="spy", epochs=1)
+    kd.run(cfg, progress=False)
+    assert "features of layer2 on the training set computed once" in (
+        capsys.readouterr().out
+    )
+    assert _Spy.seen
+    for cached, live, idx in _Spy.seen:
+        assert set(cached) == {"logits", "layer2"} and len(idx) == len(cached["layer2"])
+        torch.testing.assert_close(cached["layer2"], live["layer2"])
+        torch.testing.assert_close(cached["logits"], live["logits"])
+
+
+def test_teacher_features_over_the_memory_budget_are_computed_per_batch(
+    digits_config, monkeypatch, capsys
+):
+    monkeypatch.setitem(kd.METHODS, "spy", _Spy)
+    monkeypatch.setattr(ktrain, "FEATURE_CACHE_BYTES", 1000)
+    _Spy.seen = []
+    kd.run(digits_config(method="spy", epochs=1), progress=False)
+    assert "computed on every batch" in capsys.readouterr().out
+    assert all(cached is None for cached, _, _ in _Spy.seen)

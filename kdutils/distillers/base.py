@@ -4,16 +4,37 @@ A Distiller wraps a student and its teacher(s). ``forward(x, y)`` returns the
 student's logits and a dict of named, already-weighted loss terms; the trainer
 sums the terms and steps. Teachers are frozen and stay in eval mode whatever
 ``train()`` is called with.
+
+Life cycle, as the trainer drives it (every hook but ``forward`` is optional):
+
+1. ``build(name, student, teacher, **hparams)``: the paper's hyperparameters.
+2. ``setup(data)``: state that depends on the training data (feature shapes
+   for connectors, a memory bank with one slot per sample). Called on every
+   run, fresh or resumed, before the optimizer is made and a checkpoint loaded.
+3. ``prepare(loader)``: a stage before the main training (FitNet's hint
+   stage, FT's paraphraser); called once, on a fresh run only; whatever it
+   trains is saved in the checkpoints.
+4. ``on_epoch(epoch, epochs)``: at the start of every epoch (schedules).
+5. ``forward(x, y, teacher_out=None, idx=None)`` on every batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Distiller", "register", "get_method", "METHODS", "check_weights"]
+from ..models import capture
+
+__all__ = [
+    "Distiller",
+    "register",
+    "get_method",
+    "METHODS",
+    "check_weights",
+    "feature_shapes",
+]
 
 METHODS: dict[str, type[Distiller]] = {}
 
@@ -46,18 +67,40 @@ def check_weights(**weights: float) -> None:
             raise ValueError(f"{k} must be >= 0, got {v}")
 
 
+@torch.no_grad()
+def feature_shapes(
+    model: nn.Module, layers: Sequence[str], sample: Tensor
+) -> dict[str, tuple[int, ...]]:
+    """Shapes (without the batch dimension) of ``layers``' outputs for ``sample``.
+
+    ``sample`` is one input ``(1, C, H, W)``; the model is run in eval mode on
+    it and restored to its mode afterwards.
+    """
+    was_training = model.training
+    model.eval()
+    with capture(model, layers) as feats:
+        model(sample)
+    model.train(was_training)
+    return {k: tuple(v.shape[1:]) for k, v in feats.items()}
+
+
 class Distiller(nn.Module):
     """Base class. Subclasses set ``needs_teacher`` and implement ``forward``.
 
-    ``logits_only`` marks methods that use nothing of the teacher but its
-    logits: for those, the trainer may precompute the teacher's logits once
-    (when there is no augmentation) and pass them as ``teacher_logits``.
+    ``teacher_layers`` names the teacher's submodules whose outputs the method
+    reads (set it in ``__init__``; empty for methods that use only logits).
+    :meth:`teacher_outputs` returns ``{"logits": ..., <layer>: ...}``. Because
+    the teacher is frozen, these depend on the input alone: without
+    augmentation the trainer computes them once for the training set and passes
+    each batch's slice as ``teacher_out``. A method whose teacher changes during
+    training sets ``cache_teacher = False``.
     """
 
     method_name: str = ""
     survey_section: str = ""
     needs_teacher: bool = True
-    logits_only: bool = False
+    cache_teacher: bool = True
+    teacher_layers: tuple[str, ...] = ()
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None) -> None:
         super().__init__()
@@ -81,11 +124,30 @@ class Distiller(nn.Module):
         return self.student
 
     @torch.no_grad()
+    def teacher_outputs(self, x: Tensor) -> dict[str, Tensor]:
+        """The frozen teacher's logits and ``teacher_layers`` outputs for ``x``."""
+        with capture(self.teacher, self.teacher_layers) as feats:
+            logits = self.teacher(x)
+        return {"logits": logits, **feats}
+
     def teacher_logits(self, x: Tensor) -> Tensor:
-        return self.teacher(x)
+        return self.teacher_outputs(x)["logits"]
+
+    def setup(self, data) -> None:
+        """Data-dependent state; ``data`` is the training :class:`TensorData`."""
+
+    def prepare(self, loader) -> None:
+        """A stage before the main training (fresh runs only)."""
+
+    def on_epoch(self, epoch: int, epochs: int) -> None:
+        """Called at the start of epoch ``epoch`` (0-based) of ``epochs``."""
 
     def forward(
-        self, x: Tensor, y: Tensor, teacher_logits: Tensor | None = None
+        self,
+        x: Tensor,
+        y: Tensor,
+        teacher_out: dict[str, Tensor] | None = None,
+        idx: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
 

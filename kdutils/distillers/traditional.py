@@ -14,12 +14,11 @@ class CE(Distiller):
     """The student trained alone on the labels (Table 1's direct training)."""
 
     needs_teacher = False
-    logits_only = True
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None) -> None:
         super().__init__(student, None)
 
-    def forward(self, x: Tensor, y: Tensor, teacher_logits: Tensor | None = None):
+    def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s = self.student(x)
         return logits_s, {"ce": F.cross_entropy(logits_s, y)}
 
@@ -32,8 +31,6 @@ class KD(Distiller):
     lambda is ``ce_weight`` and (1 - lambda) is ``kd_weight``. The T^2 factor is
     inside :func:`kdutils.losses.kd_loss`. Defaults are Table 1's: T=4, 0.1/0.9.
     """
-
-    logits_only = True
 
     def __init__(
         self,
@@ -52,11 +49,10 @@ class KD(Distiller):
     def hparams(self) -> dict:
         return dict(T=self.T, ce_weight=self.ce_weight, kd_weight=self.kd_weight)
 
-    def forward(self, x: Tensor, y: Tensor, teacher_logits: Tensor | None = None):
+    def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s = self.student(x)
-        logits_t = (
-            teacher_logits if teacher_logits is not None else self.teacher_logits(x)
-        )
+        t = teacher_out if teacher_out is not None else self.teacher_outputs(x)
+        logits_t = t["logits"]
         return logits_s, {
             "ce": self.ce_weight * F.cross_entropy(logits_s, y),
             "kd": self.kd_weight * kd_loss(logits_s, logits_t, self.T),

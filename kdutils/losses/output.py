@@ -1,10 +1,4 @@
-"""Distillation losses as pure tensor functions.
-
-Conventions (DESIGN.md): student argument first, teacher second; the caller
-treats teacher tensors as constants (computed under ``torch.no_grad`` or
-detached); each function matches the reduction and scaling of the original
-authors' reference code, and says so.
-"""
+"""Losses on the outputs (logits) of teacher and student: survey sections 1, 2.1."""
 
 from __future__ import annotations
 
