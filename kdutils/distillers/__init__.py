@@ -1,6 +1,7 @@
 """Distillation methods: the base class, the registry, one module per family."""
 
-from . import traditional  # noqa: F401  (registers ce, kd)
+# Importing a family's module registers its methods.
+from . import extracting, fitting, output, relation, traditional  # noqa: F401
 from .base import METHODS, Distiller, check_weights, get_method, register
 
 __all__ = ["METHODS", "Distiller", "check_weights", "get_method", "register", "build"]

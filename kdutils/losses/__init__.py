@@ -6,15 +6,21 @@ detached); each function matches the reduction and scaling of the original
 authors' reference code, and says so.
 
 One module per kind of knowledge, all re-exported here (``kd.losses.at_loss``):
-``output`` (logits, sections 1 and 2.1), ``feature`` (feature maps, 2.2.1 and
-2.2.2), ``relation`` (structure between samples, 2.2.3).
+``output`` (Hinton's soft targets, section 1), ``improved`` (better output
+losses, 2.1), ``feature`` (fitting feature maps, 2.2.1), ``extract`` (knowledge
+extracted from feature maps, 2.2.2), ``relation`` (structure between samples,
+2.2.3). A method's cached runs depend only on the modules it imports.
 """
 
+from .extract import *  # noqa: F403
+from .extract import __all__ as _extract
 from .feature import *  # noqa: F403
 from .feature import __all__ as _feature
+from .improved import *  # noqa: F403
+from .improved import __all__ as _improved
 from .output import *  # noqa: F403
 from .output import __all__ as _output
 from .relation import *  # noqa: F403
 from .relation import __all__ as _relation
 
-__all__ = [*_output, *_feature, *_relation]
+__all__ = [*_output, *_improved, *_feature, *_extract, *_relation]

@@ -1,4 +1,4 @@
-"""Losses on feature maps: survey sections 2.2.1 (fitting) and 2.2.2 (extracting)."""
+"""Losses that fit feature maps directly: survey section 2.2.1."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Figures for the book. Each function returns a matplotlib ``Figure``."""
+"""Figures shared by the book: curves, bars, sweeps, the taxonomy, chapter 1's."""
 
 from __future__ import annotations
 
@@ -9,9 +9,18 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import FancyBboxPatch
 
-from .results import Result
+from ..results import Result
 
-__all__ = ["training_curves", "soft_targets", "accuracy_bars", "sweep", "taxonomy"]
+__all__ = [
+    "training_curves",
+    "soft_targets",
+    "accuracy_bars",
+    "sweep",
+    "TAXONOMY",
+    "taxonomy",
+    "dark_knowledge",
+    "class_similarity",
+]
 
 
 def _group(results: Sequence[Result], label) -> dict[str, list[Result]]:

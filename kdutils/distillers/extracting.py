@@ -1,0 +1,3 @@
+"""Distillers for knowledge extracted from feature maps, survey section 2.2.2."""
+
+from __future__ import annotations
