@@ -7,6 +7,8 @@ module, all re-exported here (``kd.plots.attention_maps``).
 
 from .core import *  # noqa: F403
 from .core import __all__ as _core
+from .extract import *  # noqa: F403
+from .extract import __all__ as _extract
 from .features import *  # noqa: F403
 from .features import __all__ as _features
 from .outputs import *  # noqa: F403
@@ -14,4 +16,4 @@ from .outputs import __all__ as _outputs
 from .relations import *  # noqa: F403
 from .relations import __all__ as _relations
 
-__all__ = [*_core, *_outputs, *_features, *_relations]
+__all__ = [*_core, *_outputs, *_features, *_extract, *_relations]

@@ -1,4 +1,4 @@
-"""Figures for feature maps (chapters 3 and 4)."""
+"""Figures for fitting feature maps directly (chapter 3)."""
 
 from __future__ import annotations
 
