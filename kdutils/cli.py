@@ -1,4 +1,4 @@
-"""Command line: ``python -m kdutils {train,methods,models,figures}``."""
+"""Command line: ``python -m kdutils {train,reproduce,methods,models,figures}``."""
 
 from __future__ import annotations
 
@@ -60,6 +60,28 @@ def _parser() -> argparse.ArgumentParser:
         "methods", help="list the registered methods and their survey sections"
     )
     sub.add_parser("models", help="list the models with their parameter counts")
+    r = sub.add_parser(
+        "reproduce",
+        help="run every row of the survey's Table 1 for each seed (resumable)",
+    )
+    r.add_argument("--table", type=int, choices=[1], default=1)
+    r.add_argument("--profile", default="quick")
+    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument("--rows", nargs="+", default=None, help="only these rows (names)")
+    r.add_argument(
+        "--out", type=Path, default=None, help="default: results/table1/<profile>"
+    )
+    r.add_argument("--executor", choices=["local", "ray"], default="local")
+    r.add_argument(
+        "--address", default=None, help="Ray cluster address (default: start one)"
+    )
+    r.add_argument(
+        "--gpus-per-run",
+        type=float,
+        default=0.0,
+        help="Ray: GPUs per run (1; or 0.5 to pack two small runs on a GPU)",
+    )
+    r.add_argument("--cpus-per-run", type=float, default=1.0)
     f = sub.add_parser("figures", help="write the book's generated figures")
     f.add_argument("--out", type=Path, required=True)
     return p
@@ -89,6 +111,30 @@ def _train(args) -> int:
         )
         return 2
     print(f"result: {Path(res.path) / 'result.json'}")
+    return 0
+
+
+def _reproduce(args) -> int:
+    from kdutils.reproduce import reproduce
+
+    if args.gpus_per_run < 0 or args.cpus_per_run <= 0:
+        raise ValueError("--gpus-per-run must be >= 0 and --cpus-per-run > 0")
+    extra = {}
+    if args.executor == "ray":
+        extra = dict(
+            address=args.address,
+            gpus_per_run=args.gpus_per_run,
+            cpus_per_run=args.cpus_per_run,
+        )
+    out = reproduce(
+        args.profile,
+        args.seeds,
+        out=args.out,
+        executor=args.executor,
+        rows=args.rows,
+        **extra,
+    )
+    print((Path(out["out"]) / "table.md").read_text())
     return 0
 
 
@@ -156,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args)
         if args.command == "methods":
             return _methods()
+        if args.command == "reproduce":
+            return _reproduce(args)
         if args.command == "models":
             return _models()
         return _figures(args.out)

@@ -1,0 +1,507 @@
+"""Reproduce the survey's Table 1: every row, every seed, resumable, local or Ray.
+
+``reproduce(profile, seeds)`` runs each row of Table 1 (two direct-training
+baselines and the distillation methods; ``kdutils/survey_table1.csv``) for each
+seed and writes, under ``out``::
+
+    runs/<row>-s<seed>.json   one Result per run (config, history, provenance)
+    table.csv, table.md       mean ± std per row, the survey's number, the gap
+    conclusions.json          the survey's three conclusions, tested
+
+A run whose JSON exists is not run again, and a run interrupted mid-way
+resumes from its checkpoint in the run cache, so a killed reproduction
+restarts where it stopped. Rows whose method is not in this version of
+kdutils are listed as missing, never filled in.
+
+Executors: ``local`` runs one after another in this process; ``ray``
+dispatches runs to a Ray cluster (``ray.init(address=...)``), teachers first,
+then students with the teachers' weights shipped through Ray's object store,
+so workers need no shared file system.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tarfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import Config, make_config, teacher_config
+from .distillers import METHODS
+from .results import Result, atomic_write_bytes, survey_table1
+
+__all__ = [
+    "TableRow",
+    "table1_rows",
+    "reproduce",
+    "check_conclusions",
+    "aggregate",
+    "EXECUTORS",
+]
+
+# Row-specific settings beyond the profile (Table 1's peers, branches, teachers).
+_ROW_ARGS: dict[str, dict[str, Any]] = {}
+
+
+@dataclass(frozen=True)
+class TableRow:
+    """One row of Table 1 and how to run it."""
+
+    family: str
+    row: str
+    method: str
+    survey_acc: float
+    note: str = ""
+    args: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        return self.row.lower().replace(" ", "-")
+
+    @property
+    def available(self) -> bool:
+        return self.method in METHODS
+
+    @property
+    def is_teacher_row(self) -> bool:
+        return self.family == "direct training" and self.row != "ResNet20"
+
+    def config(self, profile: str, seed: int, **overrides: Any) -> Config:
+        """This row's run at ``seed`` in ``profile``."""
+        if self.is_teacher_row:
+            # The teacher trained alone, one run per seed (Table 1's ResNet56).
+            # Seed 0 is the very run that teaches every student.
+            base = make_config(profile, method="kd", **overrides)
+            return teacher_config(base).replace(seed=seed)
+        return make_config(
+            profile, method=self.method, seed=seed, **{**self.args, **overrides}
+        )
+
+
+def table1_rows() -> list[TableRow]:
+    """Table 1's rows, in the survey's order."""
+    return [
+        TableRow(
+            r["family"],
+            r["row"],
+            r["method"],
+            r["survey_acc"],
+            r["note"],
+            _ROW_ARGS.get(r["method"], {}),
+        )
+        for r in survey_table1()
+    ]
+
+
+@dataclass
+class _Task:
+    row: TableRow
+    seed: int
+    cfg: Config
+
+    @property
+    def label(self) -> str:
+        return f"{self.row.row} s{self.seed}"
+
+    @property
+    def filename(self) -> str:
+        return f"{self.row.slug}-s{self.seed}.json"
+
+
+# Executors: each takes the tasks still to run and calls ``done(task, result)``
+# as runs finish (in any order).
+
+
+def _run_local(tasks: Sequence[_Task], done: Callable, **_: Any) -> None:
+    from .train import run
+
+    for task in tasks:
+        done(task, run(task.cfg, progress=False))
+
+
+def _export_run(res: Result) -> bytes:
+    """A finished run's folder (result.json, model.pt) as tar bytes."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name in ("result.json", "model.pt"):
+            tar.add(Path(res.path) / name, arcname=name)
+    return buf.getvalue()
+
+
+def _import_run(cfg_dict: dict, blob: bytes) -> None:
+    """Unpack an exported run into this machine's cache, unless it is there."""
+    from .train import run_dir
+
+    folder = run_dir(Config.from_dict(cfg_dict))
+    if (folder / "result.json").exists():
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(blob)) as tar:
+        for member in tar.getmembers():
+            data = tar.extractfile(member).read()
+            atomic_write_bytes(folder / member.name, data)
+
+
+def _ray_worker(
+    cfg_dict: dict, teachers: list[tuple[dict, bytes]], export: bool
+) -> tuple[str, bytes | None]:
+    """Runs on a Ray worker: import the teachers, run, return the Result JSON."""
+    from .train import run
+
+    for t_cfg, blob in teachers:
+        _import_run(t_cfg, blob)
+    res = run(Config.from_dict(cfg_dict), progress=False)
+    return res.to_json(), (_export_run(res) if export else None)
+
+
+def _run_ray(
+    tasks: Sequence[_Task],
+    done: Callable,
+    address: str | None = None,
+    gpus_per_run: float = 0.0,
+    cpus_per_run: float = 1.0,
+    **_: Any,
+) -> None:
+    try:
+        import ray
+    except ImportError:
+        raise RuntimeError(
+            "the ray executor needs Ray: pip install 'ray>=2.9'"
+        ) from None
+    if not ray.is_initialized():
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    worker = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run)(_ray_worker)
+
+    # Phase 1: every distinct teacher, once, in parallel; phase 2: the rest,
+    # each worker receiving the teachers' weights with its task.
+    teacher_cfgs: dict[str, Config] = {}
+    for t in tasks:
+        if t.cfg.method != "ce" and t.cfg.teacher is not None:
+            tc = teacher_config(t.cfg)
+            teacher_cfgs[tc.key_json()] = tc
+    blobs: list[tuple[dict, bytes]] = []
+    pending = {
+        worker.remote(tc.to_dict(), [], True): tc for tc in teacher_cfgs.values()
+    }
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        tc = pending.pop(ready[0])
+        _, blob = ray.get(ready[0])
+        blobs.append((tc.to_dict(), blob))
+        print(f"[teacher] {tc.name}: trained, shipped to the workers")
+    shared = ray.put(blobs)
+    pending = {worker.remote(t.cfg.to_dict(), shared, False): t for t in tasks}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        task = pending.pop(ready[0])
+        text, _ = ray.get(ready[0])
+        res = Result(**json.loads(text))
+        done(task, res)
+
+
+EXECUTORS: dict[str, Callable] = {"local": _run_local, "ray": _run_ray}
+
+
+def _fmt_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def reproduce(
+    profile: str = "quick",
+    seeds: Iterable[int] = (0, 1, 2),
+    out: str | os.PathLike | None = None,
+    executor: str = "local",
+    rows: Sequence[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    **executor_args: Any,
+) -> dict[str, Any]:
+    """Run Table 1 and write the per-run results, the table and the conclusions.
+
+    ``rows`` restricts the reproduction to some rows (by name, e.g. ``["KD"]``);
+    ``overrides`` are config overrides for every run (tests use the digits
+    data). Returns ``{"table": [...], "conclusions": {...}, "missing": [...]}``.
+    """
+    if executor not in EXECUTORS:
+        raise ValueError(
+            f"unknown executor {executor!r}; choose from: {', '.join(EXECUTORS)}"
+        )
+    seeds = list(dict.fromkeys(int(s) for s in seeds))
+    if not seeds:
+        raise ValueError("give at least one seed")
+    all_rows = table1_rows()
+    if rows is not None:
+        names = {r.row.lower(): r for r in all_rows}
+        unknown = [r for r in rows if r.lower() not in names]
+        if unknown:
+            raise ValueError(
+                f"unknown Table-1 row(s) {unknown}; choose from: "
+                + ", ".join(r.row for r in all_rows)
+            )
+        all_rows = [names[r.lower()] for r in rows]
+    out = Path(out) if out is not None else Path("results") / "table1" / profile
+    runs_dir = out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+
+    missing = [r for r in all_rows if not r.available]
+    for r in missing:
+        print(f"[missing] {r.row}: method {r.method!r} is not in this kdutils yet")
+    tasks = [
+        _Task(r, s, r.config(profile, s, **(overrides or {})))
+        for r in all_rows
+        if r.available
+        for s in seeds
+    ]
+    results: dict[tuple[str, int], Result] = {}
+    todo = []
+    for t in tasks:
+        path = runs_dir / t.filename
+        if path.exists():
+            res = Result.load(path)
+            if res.config == t.cfg.to_dict():
+                results[(t.row.row, t.seed)] = res
+                continue
+            print(f"[stale] {t.label}: {path} has another config; running again")
+        todo.append(t)
+    if results:
+        print(f"[resume] {len(results)} of {len(tasks)} runs already done in {out}")
+
+    start, n_done = time.perf_counter(), 0
+
+    def done(task: _Task, res: Result) -> None:
+        nonlocal n_done
+        n_done += 1
+        res.save(runs_dir / task.filename)
+        results[(task.row.row, task.seed)] = res
+        elapsed = time.perf_counter() - start
+        left = len(todo) - n_done
+        eta = elapsed / n_done * left
+        print(
+            f"[{len(results)}/{len(tasks)}] {task.label}: "
+            f"{100 * res.test_acc:.2f}%"
+            + (f"  (ETA {_fmt_duration(eta)} for {left} more)" if left else ""),
+            flush=True,
+        )
+
+    EXECUTORS[executor](todo, done, **executor_args)
+
+    table = aggregate(all_rows, results)
+    conclusions = check_conclusions(table)
+    _write_table(out, table, conclusions, profile, missing)
+    return {
+        "table": table,
+        "conclusions": conclusions,
+        "missing": [r.row for r in missing],
+        "out": str(out),
+    }
+
+
+def aggregate(
+    rows: Sequence[TableRow], results: dict[tuple[str, int], Result]
+) -> list[dict[str, Any]]:
+    """One record per row: accuracies per seed (%), mean, std, the survey's."""
+    table = []
+    for r in rows:
+        accs = [
+            100 * res.test_acc
+            for (name, _), res in sorted(results.items(), key=lambda kv: kv[0][1])
+            if name == r.row
+        ]
+        mean = float(np.mean(accs)) if accs else math.nan
+        std = float(np.std(accs, ddof=1)) if len(accs) > 1 else math.nan
+        table.append(
+            {
+                "family": r.family,
+                "row": r.row,
+                "method": r.method,
+                "model": next(
+                    (
+                        res.config["student"]
+                        for (n, _), res in results.items()
+                        if n == r.row
+                    ),
+                    None,
+                ),
+                "accs": accs,
+                "mean": mean,
+                "std": std,
+                "survey_acc": r.survey_acc,
+                "diff": mean - r.survey_acc if accs else math.nan,
+            }
+        )
+    return table
+
+
+def _welch_greater(a: Sequence[float], b: Sequence[float]) -> float:
+    """One-sided Welch t-test p-value for mean(a) > mean(b)."""
+    from scipy import stats
+
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if len(a) < 2 or len(b) < 2:
+        return math.nan
+    if a.std() == 0 and b.std() == 0:
+        return 0.0 if a.mean() > b.mean() else 1.0
+    return float(stats.ttest_ind(a, b, equal_var=False, alternative="greater").pvalue)
+
+
+ONLINE = "online"
+STRUCTURAL = "structural"
+FEATURE = "knowledge from feature maps"
+
+
+def check_conclusions(table: Sequence[dict], alpha: float = 0.05) -> dict[str, Any]:
+    """The survey's three conclusions, each tested over seeds.
+
+    1. Every KD method beats the student alone (one-sided Welch t-test per
+       method, at ``alpha``) and none reaches the teacher (mean below it).
+    2. Online methods do best: their pooled accuracies beat those of every
+       other KD method (one-sided Welch t-test), and the best row is online.
+    3. Structural knowledge beats knowledge extracted from feature maps
+       (pooled rows, one-sided Welch t-test).
+
+    Each verdict is ``True``/``False``, or ``None`` when rows or seeds are
+    missing; ``detail`` says what was compared.
+    """
+    by_row = {t["row"]: t for t in table if t["accs"]}
+    student = by_row.get("ResNet20")
+    teacher = by_row.get("ResNet56")
+    methods = [t for t in table if t["family"] != "direct training" and t["accs"]]
+    out: dict[str, Any] = {"alpha": alpha, "test": "one-sided Welch t-test over seeds"}
+
+    c1: dict[str, Any] = {"name": "every KD method beats the student alone"}
+    if student is None or not methods:
+        c1.update(holds=None, detail="needs the ResNet20 row and some methods")
+    else:
+        ps = {m["row"]: _welch_greater(m["accs"], student["accs"]) for m in methods}
+        beats = [r for r, p in ps.items() if p < alpha]
+        reaches = (
+            [m["row"] for m in methods if m["mean"] >= teacher["mean"]]
+            if teacher
+            else []
+        )
+        untestable = any(math.isnan(p) for p in ps.values())
+        c1.update(
+            holds=None if untestable else (len(beats) == len(ps) and not reaches),
+            p_values=ps,
+            significantly_better=beats,
+            reach_teacher=reaches,
+            detail=f"{len(beats)} of {len(ps)} methods significantly above ResNet20"
+            + (f"; at or above the teacher: {', '.join(reaches)}" if reaches else ""),
+        )
+    out["every_method_beats_student"] = c1
+
+    def pooled(rows: list[dict]) -> list[float]:
+        return [a for r in rows for a in r["accs"]]
+
+    online = [m for m in methods if m["family"] == ONLINE]
+    others = [m for m in methods if m["family"] != ONLINE]
+    c2: dict[str, Any] = {"name": "online methods do best"}
+    if not online or not others:
+        c2.update(holds=None, detail="needs online rows and other methods")
+    else:
+        p = _welch_greater(pooled(online), pooled(others))
+        best = max(methods, key=lambda m: m["mean"])
+        c2.update(
+            holds=None if math.isnan(p) else bool(p < alpha and best in online),
+            p_value=p,
+            best_row=best["row"],
+            detail=f"online pooled vs other methods pooled, p = {p:.3g}; "
+            f"best row: {best['row']}",
+        )
+    out["online_best"] = c2
+
+    structural = [m for m in methods if m["family"] == STRUCTURAL]
+    feature = [m for m in methods if m["family"] == FEATURE]
+    c3: dict[str, Any] = {"name": "structural beats feature-map knowledge"}
+    if not structural or not feature:
+        c3.update(holds=None, detail="needs structural and feature-map rows")
+    else:
+        p = _welch_greater(pooled(structural), pooled(feature))
+        c3.update(
+            holds=None if math.isnan(p) else bool(p < alpha),
+            p_value=p,
+            detail=f"structural pooled vs feature-map pooled, p = {p:.3g}",
+        )
+    out["structural_beats_feature"] = c3
+    return out
+
+
+def _write_table(
+    out: Path,
+    table: list[dict],
+    conclusions: dict,
+    profile: str,
+    missing: list[TableRow],
+) -> None:
+    import csv
+
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(
+        ["family", "row", "method", "model", "seeds", "mean", "std", "survey", "diff"]
+    )
+    for t in table:
+        w.writerow(
+            [
+                t["family"],
+                t["row"],
+                t["method"],
+                t["model"] or "",
+                len(t["accs"]),
+                f"{t['mean']:.2f}",
+                f"{t['std']:.2f}",
+                f"{t['survey_acc']:.2f}",
+                f"{t['diff']:+.2f}",
+            ]
+        )
+    atomic_write_bytes(out / "table.csv", buf.getvalue().encode())
+    lines = [
+        f"Table 1 reproduced with profile `{profile}` (this run's numbers) beside "
+        "the survey's (CIFAR-10, ResNet56 -> ResNet20).",
+        "",
+        "| family | row | model | this run (%) | seeds | survey (%) | diff |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for t in table:
+        ours = (
+            f"{t['mean']:.2f} ± {t['std']:.2f}"
+            if len(t["accs"]) > 1
+            else (f"{t['mean']:.2f}" if t["accs"] else "missing")
+        )
+        diff = f"{t['diff']:+.2f}" if t["accs"] else ""
+        lines.append(
+            f"| {t['family']} | {t['row']} | {t['model'] or ''} | {ours} | {len(t['accs'])} "
+            f"| {t['survey_acc']:.2f} | {diff} |"
+        )
+    lines.append("")
+    for key in (
+        "every_method_beats_student",
+        "online_best",
+        "structural_beats_feature",
+    ):
+        c = conclusions[key]
+        verdict = {True: "holds", False: "does not hold", None: "untested"}[c["holds"]]
+        lines.append(f"- {c['name']}: **{verdict}** ({c['detail']})")
+    if missing:
+        lines.append("")
+        lines.append(
+            "Rows not in this version of kdutils: "
+            + ", ".join(r.row for r in missing)
+            + "."
+        )
+    atomic_write_bytes(out / "table.md", ("\n".join(lines) + "\n").encode())
+    atomic_write_bytes(
+        out / "conclusions.json",
+        json.dumps(conclusions, indent=1, default=str).encode(),
+    )
