@@ -8,7 +8,7 @@
 
 __version__ = "0.1.0"
 
-from . import data, distillers, losses, models, plots, results  # noqa: E402
+from . import cost, data, distillers, losses, models, plots, reproduce, results  # noqa: E402
 from .config import PROFILES, Config, make_config, teacher_config  # noqa: E402
 from .distillers import METHODS, Distiller, build, get_method, register  # noqa: E402
 from .models import capture, create_model, num_params  # noqa: E402
@@ -36,10 +36,12 @@ __all__ = [
     "fit",
     "predict_logits",
     "run",
+    "cost",
     "data",
     "distillers",
     "losses",
     "models",
     "plots",
+    "reproduce",
     "results",
 ]
