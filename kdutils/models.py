@@ -23,6 +23,7 @@ __all__ = [
     "MODELS",
     "create_model",
     "check_model_name",
+    "model_name",
     "capture",
     "num_params",
 ]
@@ -124,15 +125,43 @@ MODELS.update(
 )
 
 
+# Any depth and widths by name, for searches and channel growth:
+# "resnet14_w8-8-16-32" is a ResNet14 whose stem and stages have 8, 8, 16, 32
+# channels.
+_CUSTOM = re.compile(r"resnet(\d+)_w(\d+)-(\d+)-(\d+)-(\d+)")
+
+
+def _spec(name: str) -> dict | None:
+    if name in MODELS:
+        return MODELS[name]
+    m = _CUSTOM.fullmatch(name)
+    if m is None:
+        return None
+    depth, *widths = (int(g) for g in m.groups())
+    if (depth - 2) % 6 != 0 or depth < 8 or min(widths) < 1:
+        return None
+    return dict(depth=depth, widths=tuple(widths))
+
+
 def check_model_name(name: str) -> None:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose from: {', '.join(MODELS)}")
+    if _spec(name) is None:
+        raise ValueError(
+            f"unknown model {name!r}; choose from: {', '.join(MODELS)}, or any "
+            "'resnet<6n+2>_w<stem>-<stage1>-<stage2>-<stage3>' (e.g. resnet14_w8-8-16-32)"
+        )
+
+
+def model_name(depth: int, widths: Sequence[int]) -> str:
+    """The name :func:`create_model` accepts for a depth and four widths."""
+    name = f"resnet{depth}_w{'-'.join(str(int(w)) for w in widths)}"
+    check_model_name(name)
+    return name
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3) -> ResNet:
     """Build a model by name, e.g. ``create_model("resnet20", 10, 3)``."""
     check_model_name(name)
-    return ResNet(**MODELS[name], num_classes=num_classes, in_channels=in_channels)
+    return ResNet(**_spec(name), num_classes=num_classes, in_channels=in_channels)
 
 
 def model_depth(name: str) -> int:

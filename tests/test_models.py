@@ -173,3 +173,14 @@ def test_preact_points_capture_the_sum_before_the_last_relu():
     for a, b in zip(pre, post, strict=True):
         assert (feats[a] < 0).any()  # really before the ReLU
         torch.testing.assert_close(torch.relu(feats[a]), feats[b], rtol=0, atol=0)
+
+
+def test_any_depth_and_widths_by_name():
+    model = kd.create_model("resnet14_w8-8-16-32", in_channels=1)
+    assert model.depth == 14 and model.widths == (8, 8, 16, 32)
+    assert kd.models.model_name(14, (8, 8, 16, 32)) == "resnet14_w8-8-16-32"
+    standard = kd.create_model("resnet20_w16-16-32-64")
+    assert kd.num_params(standard) == kd.num_params(kd.create_model("resnet20"))
+    for bad in ("resnet15_w8-8-16-32", "resnet14_w0-8-16-32", "resnet14_w8-8-16"):
+        with pytest.raises(ValueError, match="unknown model"):
+            kd.create_model(bad)
