@@ -8,7 +8,17 @@
 
 __version__ = "0.1.0"
 
-from . import cost, data, distillers, losses, models, plots, reproduce, results  # noqa: E402
+from . import (
+    cost,
+    data,
+    distillers,
+    losses,
+    models,
+    pipelines,
+    plots,
+    reproduce,
+    results,
+)  # noqa: E402
 from .config import PROFILES, Config, make_config, teacher_config  # noqa: E402
 from .distillers import METHODS, Distiller, build, get_method, register  # noqa: E402
 from .models import capture, create_model, num_params  # noqa: E402
@@ -41,6 +51,7 @@ __all__ = [
     "distillers",
     "losses",
     "models",
+    "pipelines",
     "plots",
     "reproduce",
     "results",

@@ -5,6 +5,8 @@ sweeps, the taxonomy) and chapter 1's; each family of methods has its own
 module, all re-exported here (``kd.plots.attention_maps``).
 """
 
+from .compression import *  # noqa: F403
+from .compression import __all__ as _compression
 from .core import *  # noqa: F403
 from .core import __all__ as _core
 from .extract import *  # noqa: F403
@@ -16,4 +18,4 @@ from .outputs import __all__ as _outputs
 from .relations import *  # noqa: F403
 from .relations import __all__ as _relations
 
-__all__ = [*_core, *_outputs, *_features, *_extract, *_relations]
+__all__ = [*_core, *_outputs, *_features, *_extract, *_relations, *_compression]

@@ -1,0 +1,14 @@
+"""Multi-stage methods as plain functions that chain ``kd.run`` calls.
+
+``assistants``: distilling into small networks through intermediate models
+(teacher assistants, survey section 3.2); ``nas``: adjusting the student's
+architecture with KD in the loop (section 3.1). Each function takes configs or
+models a user can change, and returns the results of every stage.
+"""
+
+from .assistants import *  # noqa: F403
+from .assistants import __all__ as _assistants
+from .nas import *  # noqa: F403
+from .nas import __all__ as _nas
+
+__all__ = [*_assistants, *_nas]
