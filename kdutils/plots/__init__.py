@@ -5,6 +5,8 @@ sweeps, the taxonomy) and chapter 1's; each family of methods has its own
 module, all re-exported here (``kd.plots.attention_maps``).
 """
 
+from .assistants import *  # noqa: F403
+from .assistants import __all__ as _assistants
 from .compression import *  # noqa: F403
 from .compression import __all__ as _compression
 from .core import *  # noqa: F403
@@ -18,4 +20,12 @@ from .outputs import __all__ as _outputs
 from .relations import *  # noqa: F403
 from .relations import __all__ as _relations
 
-__all__ = [*_core, *_outputs, *_features, *_extract, *_relations, *_compression]
+__all__ = [
+    *_core,
+    *_outputs,
+    *_features,
+    *_extract,
+    *_relations,
+    *_compression,
+    *_assistants,
+]

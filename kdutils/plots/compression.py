@@ -1,4 +1,4 @@
-"""Figures for compression-oriented KD (chapters 11 and 12)."""
+"""Figures for NAS with KD (chapter 11)."""
 
 from __future__ import annotations
 
