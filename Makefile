@@ -8,6 +8,7 @@
 #   make test               ruff, unit tests, smoke notebooks (papermill), nbval
 #                           re-execution from an empty cache, book with warnings as
 #                           errors, headless-browser check of the built pages
+#   make reproduce          the survey's Table 1 (PROFILE, SEEDS="0 1 2"), resumable
 #   make bench              bench/bench_train.py
 #   make clean / distclean  remove _build / also .venv, .cache, _offline
 #
@@ -73,11 +74,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 TIMED := bash scripts/timed
 TEST_TIMINGS := $(BUILD)/test-timings.txt
 
-.PHONY: help setup sysdeps book executed assemble bench clean distclean \
+.PHONY: help setup sysdeps book executed assemble reproduce bench clean distclean \
 	test test-lint test-unit test-notebooks test-nbval test-book test-browser
 
 help:
-	@sed -n '1,15p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,16p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- setup
 
@@ -210,6 +211,10 @@ test-browser: | setup
 		$(PY) -m pytest -q tests/browser
 
 # ---------------------------------------------------------------- misc
+
+SEEDS ?= 0 1 2
+reproduce: setup
+	$(PY) -m kdutils reproduce --table 1 --profile $(PROFILE) --seeds $(SEEDS)
 
 bench: setup
 	$(PY) bench/bench_train.py
