@@ -267,23 +267,26 @@ def normalize(images: Tensor, info: DatasetInfo) -> Tensor:
 def augment_batch(images: Tensor, info: DatasetInfo, g: torch.Generator) -> Tensor:
     """Random crop with zero padding and random horizontal flip, per sample.
 
-    Works on the whole uint8 batch: pad once, then gather each sample's window
-    with one advanced-indexing call.
+    Works on the whole uint8 batch, on whatever device it lives: pad once, then
+    gather each sample's window with one advanced-indexing call. The random
+    draws come from the CPU generator ``g`` whatever the device, so a batch is
+    augmented the same way on a CPU and on a GPU.
     """
     b, _, h, w = images.shape
+    dev = images.device
     p = info.crop_padding
     out = images
     if p > 0:
         padded = F.pad(images, (p, p, p, p))
-        dy = torch.randint(0, 2 * p + 1, (b,), generator=g)
-        dx = torch.randint(0, 2 * p + 1, (b,), generator=g)
-        rows = (dy.view(b, 1) + torch.arange(h).view(1, h)).view(b, 1, h, 1)
-        cols = (dx.view(b, 1) + torch.arange(w).view(1, w)).view(b, 1, 1, w)
-        bidx = torch.arange(b).view(b, 1, 1, 1)
-        cidx = torch.arange(images.shape[1]).view(1, -1, 1, 1)
+        dy = torch.randint(0, 2 * p + 1, (b,), generator=g).to(dev)
+        dx = torch.randint(0, 2 * p + 1, (b,), generator=g).to(dev)
+        rows = (dy.view(b, 1) + torch.arange(h, device=dev).view(1, h)).view(b, 1, h, 1)
+        cols = (dx.view(b, 1) + torch.arange(w, device=dev).view(1, w)).view(b, 1, 1, w)
+        bidx = torch.arange(b, device=dev).view(b, 1, 1, 1)
+        cidx = torch.arange(images.shape[1], device=dev).view(1, -1, 1, 1)
         out = padded[bidx, cidx, rows, cols]
     if info.flip:
-        flip = torch.rand(b, generator=g) < 0.5
+        flip = (torch.rand(b, generator=g) < 0.5).to(dev)
         out = torch.where(flip.view(b, 1, 1, 1), out.flip(3), out)
     return out
 
@@ -294,6 +297,9 @@ class Loader:
     The order and the augmentation of epoch ``e`` depend only on ``(seed, e)``,
     so a run resumed at epoch ``e`` sees exactly the batches it would have seen.
     ``idx`` are the samples' positions in the dataset (for cached teacher outputs).
+    The uint8 images and the labels are copied to ``device`` once, when the
+    loader is made: on a GPU a batch is indexed, augmented and normalised
+    there, and only the batch's indices cross from the host.
     """
 
     def __init__(
@@ -318,6 +324,9 @@ class Loader:
             torch.channels_last if channels_last else torch.contiguous_format
         )
         self.epoch = 0
+        # One copy on the device for the loader's life (a no-op on the CPU).
+        self._images = data.images.to(self.device)
+        self._labels = data.labels.to(self.device)
 
     def __len__(self) -> int:
         n = len(self.data)
@@ -333,9 +342,9 @@ class Loader:
         info = self.data.info
         for i in range(len(self)):
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
-            images = self.data.images[idx]
+            rows = idx.to(self.device, non_blocking=True)
+            images = self._images[rows]
             if self.augment:
                 images = augment_batch(images, info, g)
-            x = normalize(images.to(self.device, non_blocking=True), info)
-            x = x.contiguous(memory_format=self.memory_format)
-            yield x, self.data.labels[idx].to(self.device), idx
+            x = normalize(images, info).contiguous(memory_format=self.memory_format)
+            yield x, self._labels[rows], idx
