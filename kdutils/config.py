@@ -42,12 +42,19 @@ class Config:
     seed: int = 0
     teacher_seed: int = 0  # one teacher serves every student seed
     teacher_epochs: int | None = None  # None: same as ``epochs``
+    # Finished runs (their cache folder names, see ``kdutils.train.run_id``)
+    # whose trained students are the teacher(s), instead of ``teacher`` trained
+    # alone: a distilled assistant (TAKD), several teachers (multi-teacher KD),
+    # an earlier generation (born-again networks). ``teacher`` still names the
+    # first one's architecture.
+    teacher_runs: tuple[str, ...] = ()
     eval_every: int = 1  # test-set evaluation every N epochs (and after the last)
     profile: str = "paper"
 
     def __post_init__(self) -> None:
         # Normalise containers so equal configs compare and hash equally.
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+        object.__setattr__(self, "teacher_runs", tuple(self.teacher_runs))
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
@@ -71,6 +78,7 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["milestones"] = list(self.milestones)
+        d["teacher_runs"] = list(self.teacher_runs)
         return d
 
     @classmethod
@@ -209,6 +217,10 @@ def _check_values(cls, cfg: Config) -> None:
 
     with torch.device("meta"):
         teacher = create_model(cfg.teacher) if cls.needs_teacher else None
+        if teacher is not None and len(cfg.teacher_runs) > 1:
+            teacher = torch.nn.ModuleList(
+                create_model(cfg.teacher) for _ in cfg.teacher_runs
+            )
         build(cfg.method, create_model(cfg.student), teacher, **cfg.method_args)
 
 
@@ -221,6 +233,10 @@ def teacher_config(cfg: Config) -> Config:
     """
     if cfg.teacher is None:
         raise ValueError("this config has no teacher")
+    if cfg.teacher_runs:
+        raise ValueError(
+            "this config's teachers are finished runs: " + ", ".join(cfg.teacher_runs)
+        )
     epochs = cfg.teacher_epochs or cfg.epochs
     return cfg.replace(
         method="ce",
@@ -230,5 +246,6 @@ def teacher_config(cfg: Config) -> Config:
         seed=cfg.teacher_seed,
         epochs=epochs,
         teacher_epochs=None,
+        teacher_runs=(),
         eval_every=epochs,
     )

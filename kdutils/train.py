@@ -39,6 +39,8 @@ from .results import Result, atomic_write_bytes
 
 __all__ = [
     "run",
+    "run_id",
+    "load_run",
     "fit",
     "evaluate",
     "build_model",
@@ -573,6 +575,24 @@ def _compile_teacher(
     return "yes"
 
 
+def run_id(res: Result) -> str:
+    """A finished run's identity (its cache folder name), for ``teacher_runs``."""
+    if res.path is None:
+        raise ValueError(f"{res.name} has no run folder")
+    return Path(res.path).name
+
+
+def load_run(run_id: str) -> Result:
+    """The finished run ``run_id`` from the cache (see :func:`run_id`)."""
+    path = cache_dir() / "runs" / run_id / "result.json"
+    if not path.exists():
+        raise ValueError(
+            f"run {run_id!r} is not finished in the cache {cache_dir()}; "
+            "run its config first"
+        )
+    return Result.load(path)
+
+
 def run(
     cfg: Config,
     *,
@@ -620,8 +640,15 @@ def run(
         )
     device = torch.device(device) if device is not None else default_device()
     check_amp(amp, device)
-    teacher, t_res = None, None
-    if cfg.method != "ce" and cfg.teacher is not None:
+    teacher, t_res, t_results = None, None, []
+    if cfg.method != "ce" and cfg.teacher_runs:
+        t_results = [load_run(r) for r in cfg.teacher_runs]
+        models = [r.load_model(device) for r in t_results]
+        if len(models) == 1:
+            t_res, teacher = t_results[0], models[0]
+        else:
+            teacher = nn.ModuleList(models)
+    elif cfg.method != "ce" and cfg.teacher is not None:
         t_res = run(
             teacher_config(cfg),
             device=device,
@@ -639,7 +666,7 @@ def run(
     distiller.setup(train)
     distiller = distiller.to(device, memory_format=fmt)
     t_out = None
-    if teacher is not None and distiller.cache_teacher and not cfg.augment:
+    if t_res is not None and distiller.cache_teacher and not cfg.augment:
         t_out = {"logits": _teacher_train_logits(t_res, teacher, train)}
         if distiller.teacher_layers:
             feats = _teacher_train_features(distiller, train, channels_last)
@@ -687,9 +714,13 @@ def run(
             "compile_teacher": compiled,
         },
         teacher=(
-            {"name": t_res.name, "key": t_res.key, "test_acc": t_res.test_acc}
-            if t_res
-            else None
+            [{"name": r.name, "key": r.key, "test_acc": r.test_acc} for r in t_results]
+            if len(t_results) > 1
+            else (
+                {"name": t_res.name, "key": t_res.key, "test_acc": t_res.test_acc}
+                if t_res
+                else None
+            )
         ),
         path=str(folder),
     )

@@ -156,6 +156,7 @@ _CHANGES = {
     "seed": dict(seed=1),
     "teacher_seed": dict(teacher_seed=1),
     "teacher_epochs": dict(teacher_epochs=1),
+    "teacher_runs": dict(teacher_runs=("kd-resnet8-resnet8-digits-s0-0123abcd",)),
     "eval_every": dict(eval_every=2),
     "profile": dict(profile="quick"),
 }
@@ -499,3 +500,53 @@ def test_teacher_features_over_the_memory_budget_are_computed_per_batch(
     kd.run(digits_config(method="spy", epochs=1), progress=False)
     assert "computed on every batch" in capsys.readouterr().out
     assert all(cached is None for cached, _, _ in _Spy.seen)
+
+
+# Teachers that are finished runs (assistants, several teachers, generations)
+
+
+def test_a_distilled_run_can_teach_the_next_one(digits_config, capsys):
+    assistant = kd.run(digits_config(method="kd"), progress=False)
+    cfg = digits_config(method="kd", teacher_runs=(ktrain.run_id(assistant),))
+    capsys.readouterr()
+    res = kd.run(cfg, progress=False)
+    out = capsys.readouterr().out
+    assert "[train] ce-" not in out  # no teacher trained alone for this run
+    assert res.teacher["name"] == assistant.name
+    assert res.teacher["key"] == assistant.key
+    assert ktrain.run_key(cfg) != ktrain.run_key(digits_config(method="kd"))
+    with pytest.raises(ValueError, match="finished runs"):
+        kd.teacher_config(cfg)
+
+
+def test_a_missing_teacher_run_is_a_clear_error(digits_config):
+    cfg = digits_config(method="kd", teacher_runs=("kd-nothing-s0-000000000000",))
+    with pytest.raises(ValueError, match="not finished in the cache"):
+        kd.run(cfg, progress=False)
+
+
+class _Many(Distiller):
+    """A test-only method averaging several teachers' logits."""
+
+    def __init__(self, student, teacher, w: float = 1.0):
+        super().__init__(student, teacher)
+
+    def teacher_outputs(self, x):
+        with torch.no_grad():
+            return {"logits": torch.stack([t(x) for t in self.teacher]).mean(0)}
+
+    def forward(self, x, y, teacher_out=None, idx=None):
+        assert teacher_out is None  # several teachers: computed on every batch
+        logits_s = self.student(x)
+        t = self.teacher_outputs(x)["logits"]
+        return logits_s, {"kd": kd.losses.kd_loss(logits_s, t)}
+
+
+def test_several_teacher_runs_arrive_as_a_module_list(digits_config, monkeypatch):
+    monkeypatch.setitem(kd.METHODS, "many", _Many)
+    teachers = [
+        kd.run(digits_config(method="ce", seed=s), progress=False) for s in (0, 1)
+    ]
+    ids = tuple(ktrain.run_id(t) for t in teachers)
+    res = kd.run(digits_config(method="many", teacher_runs=ids), progress=False)
+    assert [t["name"] for t in res.teacher] == [t.name for t in teachers]
