@@ -557,3 +557,76 @@ def test_a_staged_run_killed_mid_training_resumes_to_the_same_weights(
     out = capsys.readouterr().out
     assert "[resume]" in out and "[prepare]" not in out
     _assert_same_weights(resumed, reference)
+
+
+# linear CKA and the chapter's figures
+
+
+def _cka_reference(x: np.ndarray, y: np.ndarray) -> float:
+    """Feature-space form: ||Y_c^T X_c||_F^2 / (||X_c^T X_c||_F ||Y_c^T Y_c||_F)."""
+    x = x.reshape(len(x), -1) - x.reshape(len(x), -1).mean(0)
+    y = y.reshape(len(y), -1) - y.reshape(len(y), -1).mean(0)
+    num = np.linalg.norm(y.T @ x) ** 2
+    return float(num / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y)))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_linear_cka_matches_the_feature_space_formula(seed):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(20, 3, 2, 2, generator=g)
+    y = x.reshape(20, -1)[:, :5] @ torch.randn(5, 7, generator=g)
+    y = y + 0.5 * torch.randn(20, 7, generator=g)
+    got = kd.plots.linear_cka(x, y)
+    ref = _cka_reference(x.double().numpy(), y.double().numpy())
+    assert got == pytest.approx(ref, rel=1e-9)
+    assert 0 < got < 1
+
+
+def test_linear_cka_properties_and_bad_input():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 6, generator=g, dtype=torch.float64)
+    q, _ = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))
+    assert kd.plots.linear_cka(x, x) == pytest.approx(1.0)
+    # Invariant to rotations, isotropic scaling and a shift of the features.
+    assert kd.plots.linear_cka(x, 3 * x @ q + 1) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same samples"):
+        kd.plots.linear_cka(x, x[:10])
+    with pytest.raises(ValueError, match="constant"):
+        kd.plots.linear_cka(x, torch.ones(30, 2))
+
+
+def _fake_result(method: str, history: list[dict]):
+    return kd.Result(
+        name=method, key="k", config={"method": method}, history=history,
+        final={"test_acc": 0.5}, provenance={},
+    )  # fmt: skip
+
+
+def test_loss_terms_draws_each_term_and_leaves_gaps_where_a_phase_skips_it():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    runs = [
+        _fake_result("fitnet", [{"train_ce": 2.0 / e, "train_hint": 1.0 / e,
+                                 "train_acc": 0.5} for e in (1, 2, 3)]),
+        _fake_result("sskd", [{"train_hint1": 1.0}, {"train_hint2": 0.5},
+                              {"train_ce": 0.3}]),
+    ]  # fmt: skip
+    fig = kd.plots.loss_terms(runs)
+    a, b = fig.axes
+    assert [ln.get_label() for ln in a.get_lines()] == ["ce", "hint"]
+    assert a.get_yscale() == "log"
+    hint1 = b.get_lines()[0].get_ydata()
+    assert hint1[0] == 1.0 and np.isnan(hint1[1:]).all()
+
+
+def test_cka_bars_and_feature_grid_draw_what_they_are_given():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    table = {m: {"layer1": 0.5, "layer2": 0.6, "layer3": 0.7} for m in ("ce", "kd")}
+    fig = kd.plots.cka_bars(table, spread=table)
+    assert len(fig.axes[0].patches) == 6
+    maps = {"teacher": torch.rand(2, 7, 7), "student": np.random.rand(2, 7, 7)}
+    fig = kd.plots.feature_grid(torch.zeros(2, 1, 28, 28), maps, labels=["a", "b"])
+    assert len(fig.axes) == 6
