@@ -206,7 +206,7 @@ class FSP(Distiller):
             self.student.parameters(), lr=self.init_lr, momentum=0.9, weight_decay=5e-4
         )
         self.train()
-        losses = []
+        first = None
         for epoch in range(self.init_epochs):
             loader.set_epoch(epoch)
             total = seen = 0.0
@@ -215,11 +215,12 @@ class FSP(Distiller):
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                first = loss.item() if first is None else first
                 total, seen = total + loss.item() * len(x), seen + len(x)
-            losses.append(total / seen)
         print(
             f"[fsp] stage 1: {self.init_epochs} epoch(s) matching the teacher's FSP "
-            f"matrices, loss {losses[0]:.4g} (first epoch) -> {losses[-1]:.4g} (last)"
+            f"matrices: loss {first:.4g} on the first batch, {total / seen:.4g} "
+            "over the last epoch"
         )
 
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
