@@ -70,7 +70,9 @@ def forward_until(model: nn.Module, layers: Sequence[str], x: Tensor) -> dict:
         for n in layers
     ]
     try:
-        model(x)
+        # ``forward`` itself, not ``__call__``: a teacher the trainer compiled
+        # (torch.compile) runs eagerly here, where its hooks stop it.
+        model.forward(x)
     except _StopForward:
         pass
     finally:

@@ -2,7 +2,7 @@
 
 What a feature-fitting method transfers is visible in the features, not only
 in the accuracy: :func:`linear_cka` measures how similar a student's layer
-is to the teacher's on the same images, :func:`cka_bars` draws it per layer
+is to the teacher's on the same images, func:`cka_by_layer` draws it per layer
 and method, :func:`loss_terms` follows each loss term over the epochs of a
 run, and :func:`feature_grid` puts feature maps of the same images side by
 side.
@@ -16,11 +16,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
 from ..results import Result
 
-__all__ = ["linear_cka", "cka_bars", "loss_terms", "feature_grid"]
+__all__ = ["linear_cka", "cka_by_layer", "loss_terms", "feature_grid"]
 
 
 def linear_cka(x: Tensor, y: Tensor) -> float:
@@ -30,8 +31,8 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
     ``L = Y Y^T`` and ``K_c = H K H`` (H centres the samples); equal to
     ``||Y_c^T X_c||_F^2 / (||X_c^T X_c||_F ||Y_c^T Y_c||_F)`` with the
     features centred. ``x`` ``(N, ...)`` and ``y`` ``(N, ...)`` are flattened
-    per sample (feature maps included), computed in float64 through the
-    ``N x N`` Gram matrices. 1 for representations equal up to rotation and
+    per sample (feature maps included) and compared through their ``N x N``
+    Gram matrices (computed in the input's precision, combined in float64). 1 for representations equal up to rotation and
     isotropic scaling; invariant to neither general linear maps nor
     per-feature scaling. Reference: ``kornblith2019similarity``.
     """
@@ -42,51 +43,53 @@ def linear_cka(x: Tensor, y: Tensor) -> float:
     n = x.shape[0]
     if n < 2:
         raise ValueError("linear_cka needs at least 2 samples")
-    xs = x.detach().reshape(n, -1).double()
-    ys = y.detach().reshape(n, -1).double()
-    xs = xs - xs.mean(0, keepdim=True)  # centring the features = H K H
-    ys = ys - ys.mean(0, keepdim=True)
-    k, l_ = xs @ xs.T, ys @ ys.T  # (N, N)
+    grams = []
+    for f in (x, y):
+        f = f.detach().reshape(n, -1)
+        f = f - f.mean(0, keepdim=True)  # centring the features = H K H
+        grams.append((f @ f.T).double())  # (N, N), in the input's precision
+    k, l_ = grams
     denom = torch.linalg.norm(k) * torch.linalg.norm(l_)
     if denom == 0:
         raise ValueError("linear_cka is undefined for a constant representation")
     return float((k * l_).sum() / denom)
 
 
-def cka_bars(
+def cka_by_layer(
     table: Mapping[str, Mapping[str, float]],
     title: str = "",
     spread: Mapping[str, Mapping[str, float]] | None = None,
 ) -> Figure:
-    """Grouped bars: linear CKA with the teacher, one group per layer, one bar per method.
+    """Linear CKA with the teacher per layer (x axis), one line of markers per method.
 
     ``table[method][layer]`` is the CKA; ``spread`` (same keys), if given, is
-    drawn as error bars (e.g. the min-max half-range over seeds).
+    drawn as error bars (e.g. the min-max half-range over seeds). The y axis
+    is zoomed to the values, so small differences are visible: read it.
     """
     methods = list(table)
     layers = list(next(iter(table.values())))
-    width = 0.8 / len(methods)
-    fig, ax = plt.subplots(
-        figsize=(1.6 + 1.1 * len(layers) * max(2, len(methods)) / 2, 3.6)
-    )
+    fig, ax = plt.subplots(figsize=(2.2 + 1.6 * len(layers), 3.6))
     x = np.arange(len(layers))
+    offset = 0.3 / max(1, len(methods) - 1)
+    markers = "osD^vP*Xh<>"
     for i, m in enumerate(methods):
         vals = [table[m][layer] for layer in layers]
         err = None if spread is None else [spread[m][layer] for layer in layers]
-        ax.bar(
-            x + (i - (len(methods) - 1) / 2) * width,
+        ax.errorbar(
+            x + (i - (len(methods) - 1) / 2) * offset,
             vals,
-            width,
             yerr=err,
+            marker=markers[i % len(markers)],
             capsize=2,
+            lw=1,
             label=m,
             color=f"C{i}",
         )
     ax.set_xticks(x, layers)
-    ax.set_ylim(0, 1.05)
+    ax.set_xlim(-0.5, len(layers) - 0.5)
     ax.set_ylabel("linear CKA with the teacher")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.grid(axis="y", alpha=0.3)
+    ax.grid(alpha=0.3)
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
@@ -135,6 +138,7 @@ def loss_terms(
             ax.set_yscale("log")
         ax.set_title(f"{name} ({len(rs)} seed{'s' * (len(rs) > 1)})", fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("weighted loss term (training mean)")
