@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 __all__ = ["attention_maps", "fsp_matrices", "context_pyramid"]
 
@@ -69,7 +70,11 @@ def fsp_matrices(
     vals = np.concatenate([np.asarray(m).ravel() for m in mats.values()])
     vmin, vmax = float(vals.min()), float(vals.max())
     fig, axes = plt.subplots(
-        1, len(names), figsize=(3.3 * len(names) + 0.8, 3.3), squeeze=False
+        1,
+        len(names),
+        figsize=(3.3 * len(names) + 0.8, 2.6),
+        squeeze=False,
+        layout="constrained",
     )
     for ax, name in zip(axes[0], names, strict=True):
         im = ax.imshow(np.asarray(mats[name]), cmap="viridis", vmin=vmin, vmax=vmax)
@@ -78,6 +83,8 @@ def fsp_matrices(
             f"{second} channel" if second else "second layer channel", fontsize=8
         )
         ax.tick_params(labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0][0].set_ylabel(
         f"{first} channel" if first else "first layer channel", fontsize=8
     )
