@@ -9,7 +9,8 @@
 #                           re-execution from an empty cache, book with warnings as
 #                           errors, headless-browser check of the built pages
 #   make reproduce          the survey's Table 1 (PROFILE, SEEDS="0 1 2"), resumable
-#   make bench              bench/bench_train.py
+#   make bench              bench/bench_speed.py: kdutils' loop vs the usual KD loop
+#                           (BENCH_ARGS="--device cuda --profile")
 #   make clean / distclean  remove _build / also .venv, .cache, _offline
 #
 # Every target is incremental: a notebook is re-executed only when it or a file
@@ -35,7 +36,8 @@ KERNEL ?= kdutils
 CHROMIUM ?= /usr/bin/chromium
 BUILD ?= _build
 
-NOTEBOOKS ?= $(sort $(wildcard notebooks/*.ipynb))
+# The book's chapters, in order: the notebooks that _toc.yml lists.
+NOTEBOOKS ?= $(patsubst %,%.ipynb,$(shell sed -n 's/^ *- file: *\(notebooks\/[^ ]*\) *$$/\1/p' _toc.yml))
 PKG_FILES := $(shell find kdutils -type f ! -path '*/__pycache__/*' ! -name '*.py[co]' 2>/dev/null)
 LINT_PATHS ?= $(wildcard kdutils tests bench scripts notebooks)
 
@@ -216,8 +218,9 @@ SEEDS ?= 0 1 2
 reproduce: setup
 	$(PY) -m kdutils reproduce --table 1 --profile $(PROFILE) --seeds $(SEEDS)
 
+BENCH_ARGS ?=
 bench: setup
-	$(PY) bench/bench_train.py
+	$(PY) bench/bench_speed.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(BUILD)
