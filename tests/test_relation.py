@@ -590,3 +590,40 @@ def test_crd_killed_mid_epoch_resumes_to_the_same_weights_and_memory(
     assert [h["train_crd"] for h in result.history] == [
         h["train_crd"] for h in ref_result.history
     ]
+
+
+# Figures
+
+
+def test_relation_figures():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    labels = np.repeat(np.arange(3), 4)
+    mats = {
+        "teacher": {"a": np.random.rand(12, 12), "b": np.random.rand(12, 12)},
+        "student": {"a": np.random.rand(12, 12), "b": np.random.rand(12, 12)},
+    }
+    fig = kd.plots.relation_matrices(mats, labels, ["x", "y", "z"], title="t")
+    assert isinstance(fig, Figure)
+    images = [ax for ax in fig.axes if ax.images]
+    assert len(images) == 4
+    # class names at the block centres, one per class
+    assert [t.get_text() for t in images[-1].get_xticklabels()] == ["x", "y", "z"]
+    banks = {"teacher bank": {"start": np.eye(3), "end": np.eye(3)}}
+    fig = kd.plots.class_matrices(banks, ["x", "y", "z"])
+    assert len([ax for ax in fig.axes if ax.images]) == 2
+
+
+def test_nce_curves_draw_one_line_per_run_and_the_chance_level(digits_config):
+    runs = [
+        kd.run(digits_config(method="crd", seed=s, nce_k=32), progress=False)
+        for s in (0, 1)
+    ]
+    fig = kd.plots.nce_curves(runs, chance=10.0)
+    lines = fig.axes[0].get_lines()
+    assert len(lines) == 3
+    w = runs[0].config["method_args"]["crd_weight"]
+    assert list(lines[0].get_ydata()) == [h["train_crd"] / w for h in runs[0].history]
