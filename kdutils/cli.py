@@ -141,10 +141,12 @@ def _reproduce(args) -> int:
 def _methods() -> int:
     import kdutils as kd
 
-    print(f"{'method':<10} {'survey section':<16} description")
+    sections = {n: "§" + c.survey_section for n, c in kd.METHODS.items()}
+    w = max(len("survey section"), *map(len, sections.values()))
+    print(f"{'method':<10} {'survey section':<{w}} description")
     for name, cls in kd.METHODS.items():
         summary = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<10} {'§' + cls.survey_section:<16} {summary}")
+        print(f"{name:<10} {sections[name]:<{w}} {summary}")
     return 0
 
 
