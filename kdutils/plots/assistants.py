@@ -141,7 +141,7 @@ def ladder_costs(table, title: str = "") -> Figure:
     # Points of one architecture are spread a little sideways (log axis).
     rank = table.groupby("macs").cumcount().to_numpy()
     size = table.groupby("macs")["macs"].transform("size").to_numpy()
-    shift = 1.04 ** (rank - (size - 1) / 2)
+    shift = 1.03 ** (rank - (size - 1) / 2)
     for ax, col in zip(axes[0], panels, strict=True):
         for i, (_, row) in enumerate(table.iterrows()):
             std = row["acc_std"] if "acc_std" in table else 0.0
@@ -156,6 +156,11 @@ def ladder_costs(table, title: str = "") -> Figure:
                 label=row["label"],
             )
         ax.set_xscale("log")
+        # Ticks at the models' own costs, in readable units.
+        ticks = sorted(set(table[col]))
+        fmt = (lambda v: f"{v / 1e6:.3g}M") if col == "macs" else (lambda v: f"{v:.2g}")
+        ax.set_xticks(ticks, [fmt(v) for v in ticks])
+        ax.minorticks_off()
         ax.set_xlabel(
             "multiply-accumulates per image"
             if col == "macs"
