@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from ..results import Result
 
@@ -43,8 +44,9 @@ def relation_matrices(
     fig, axes = plt.subplots(
         len(rows),
         len(cols),
-        figsize=(3.3 * len(cols) + 0.6, 3.1 * len(rows)),
+        figsize=(3.3 * len(cols) + 0.8, 3.0 * len(rows) + 0.4),
         squeeze=False,
+        layout="constrained",
     )
     for j, col in enumerate(cols):
         stack = np.stack([grid[r][col] for r in rows])
@@ -58,7 +60,7 @@ def relation_matrices(
             if j > 0:
                 ax.set_yticklabels([])
             ax.set_title(f"{row}: {col}", fontsize=9)
-        fig.colorbar(im, ax=list(axes[:, j]), fraction=0.046, shrink=0.6)
+        fig.colorbar(im, ax=list(axes[:, j]), shrink=0.5, aspect=30)
     if title:
         fig.suptitle(title)
     return fig
@@ -80,8 +82,9 @@ def class_matrices(
     fig, axes = plt.subplots(
         len(rows),
         len(cols),
-        figsize=(3.0 * len(cols) + 0.8, 3.0 * len(rows)),
+        figsize=(3.0 * len(cols) + 0.8, 3.0 * len(rows) + 0.4),
         squeeze=False,
+        layout="constrained",
     )
     k = len(class_names)
     for i, row in enumerate(rows):
@@ -96,7 +99,7 @@ def class_matrices(
             )
             ax.set_yticks(range(k), class_names if j == 0 else [], fontsize=7)
             ax.set_title(f"{row}: {col}", fontsize=9)
-    fig.colorbar(im, ax=axes.ravel().tolist(), fraction=0.03, shrink=0.7)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.6, aspect=30)
     if title:
         fig.suptitle(title)
     return fig
@@ -114,6 +117,7 @@ def nce_curves(
     equal), drawn as a dashed line.
     """
     fig, ax = plt.subplots(figsize=(6, 3.4))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for r in results:
         w = r.config["method_args"].get(weight_key, 1.0) or 1.0
         ep = [h["epoch"] for h in r.history]
