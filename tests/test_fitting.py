@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import kdutils as kd
 from kdutils import losses
@@ -341,55 +342,214 @@ def test_fitnet_rejects_bad_hyperparameters():
 
 # SSKD
 
-
-def test_sskd_schedule_splits_the_epochs_into_stage_phases_and_a_head_phase():
-    d, _, _ = _built("sskd")
-    phases = []
-    for e in range(8):
-        d.on_epoch(e, 8)
-        phases.append(d.phase)
-    assert phases == [0, 0, 1, 1, 2, 2, 3, 3]
-    with pytest.raises(ValueError, match="at least 4 epochs"):
-        d.on_epoch(0, 3)
+SSKD_GROUPS = [["stem", "layer1"], ["layer2"], ["layer3"], ["fc"]]
 
 
-@pytest.mark.parametrize("phase", [0, 1, 2, 3])
-def test_sskd_phase_trains_only_its_own_modules(phase):
+def _sskd_prepare_trace(d, loader):
+    """Run ``d.prepare(loader)``; per SGD step: phase, lr, optimised and
+    gradient-carrying student parameters, student modules in training mode,
+    and a copy of the student's parameters before the step."""
+    s = d.student
+    names = {id(p): n for n, p in s.named_parameters()}
+    steps = []
+
+    def hook(opt, _args, _kwargs):
+        steps.append(
+            dict(
+                phase=d.phase,
+                lr=opt.param_groups[0]["lr"],
+                params={names[id(p)] for g in opt.param_groups for p in g["params"]},
+                grads={n for n, p in s.named_parameters() if p.grad is not None},
+                training=_training_with_parameters(s),
+                before={n: p.detach().clone() for n, p in s.named_parameters()},
+            )
+        )
+
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        d.prepare(loader)
+    finally:
+        handle.remove()
+    return steps
+
+
+def _training_with_parameters(model) -> set[str]:
+    """Names of the modules in training mode that hold parameters (not the pooling)."""
+    return {
+        n
+        for n, m in model.named_modules()
+        if m.training and next(m.parameters(recurse=False), None) is not None
+    }
+
+
+def _top(name: str) -> str:
+    return name.split(".")[0]
+
+
+def test_sskd_prepare_trains_the_stages_in_turn_each_with_its_own_cosine(capsys):
+    d, s, _ = _built("sskd", stage_epochs=2, init_lr=0.04)
+    assert d.teacher_layers == ()  # the main training reads no teacher output
+    loader = _loader()
+    before = _snapshot(d)
+    steps = _sskd_prepare_trace(d, loader)
+    out = capsys.readouterr().out
+    for k, group in enumerate(SSKD_GROUPS[:3]):
+        assert (
+            f"[prepare] sskd stage {k + 1} ({', '.join(group)}): 2 epoch(s), "
+            "cosine lr 0.04 -> 0, mean loss in the last" in out
+        )
+    per_phase = len(loader) * 2
+    assert [st["phase"] for st in steps] == [
+        k for k in range(3) for _ in range(per_phase)
+    ]
+    for k, group in enumerate(SSKD_GROUPS[:3]):
+        mine = steps[k * per_phase : (k + 1) * per_phase]
+        # Its own schedule: cosine from init_lr to 0 over the phase, per step.
+        lrs = [st["lr"] for st in mine]
+        ref = [0.02 * (1 + math.cos(math.pi * t / per_phase)) for t in range(per_phase)]
+        assert lrs == pytest.approx(ref, rel=1e-12)
+        for st in mine:
+            # Only the phase's modules are optimised, get gradients and run in
+            # training mode (batch norm statistics of the others stay put).
+            assert {_top(n) for n in st["params"]} == set(group)
+            assert st["grads"] <= st["params"]
+            assert {_top(n) for n in st["training"]} == set(group)
+        # Between the phase's first step and the next phase, only its own
+        # parameters move.
+        end = (
+            steps[(k + 1) * per_phase]["before"]
+            if k < 2
+            else {n: p.detach() for n, p in s.named_parameters()}
+        )
+        moved = {
+            _top(n) for n, p in mine[0]["before"].items() if not torch.equal(p, end[n])
+        }
+        assert moved == set(group), k
+    # Across prepare: every stage changed, the classifier did not.
+    for prefix in (
+        "student.stem",
+        "student.layer1",
+        "student.layer2",
+        "student.layer3",
+    ):
+        assert _changed(before, d, prefix), prefix
+    assert not _changed(before, d, "student.fc")
+    assert not any(p.grad is not None for p in s.parameters())  # no stale gradients
+    # Each phase's mean loss per epoch is kept in state (and checkpoints).
+    assert d.stage_losses.shape == (3, 2) and torch.isfinite(d.stage_losses).all()
+    assert "stage_losses" in d.state_dict()
+    assert d.phase is None
+
+
+def test_sskd_stage_phases_lower_their_hint():
+    d, _, _ = _built("sskd", stage_epochs=4)
+    d.prepare(_loader(_data(64)))
+    first, last = d.stage_losses[:, 0], d.stage_losses[:, -1]
+    assert (last < first).all(), d.stage_losses
+
+
+def _mse_reference(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double().numpy(), b.detach().double().numpy()
+    return float(np.mean((a - b) ** 2))
+
+
+def test_sskd_hints_are_the_plain_mse_of_stage_outputs():
+    d, s, t = _built("sskd", hint_weight=2.0)
+    d.eval()  # batch statistics would depend on how far each forward runs
+    x, _ = _batch()
+    names = s.stage_layers()
+    with torch.no_grad():
+        with kd.capture(t, names) as ft:
+            t(x)
+        with kd.capture(s, names) as fs:
+            s(x)
+    ref = {
+        f"hint{k + 1}": 2 * _mse_reference(fs[n], ft[n]) for k, n in enumerate(names)
+    }
+    terms = d.stage_terms(x)
+    assert set(terms) == set(ref)
+    for k, key in enumerate(ref):
+        assert terms[key].item() == pytest.approx(ref[key], rel=1e-5)
+        d.phase = k  # each phase's objective is its stage's term
+        assert d.stage_loss(k, x).item() == pytest.approx(ref[key], rel=1e-5)
+    with pytest.raises(RuntimeError, match="phase"):
+        d.stage_loss(0, x)
+
+
+@pytest.mark.parametrize("phase", [0, 1, 2])
+def test_sskd_stage_loss_reaches_only_its_own_stage(phase):
     d, s, _ = _built("sskd")
+    d.phase = phase
     d.train()
-    d.on_epoch(2 * phase, 8)
-    assert d.phase == phase
-    x, y = _batch()
-    _, terms = d(x, y)
-    assert set(terms) == ({f"hint{phase + 1}"} if phase < 3 else {"ce"})
-    sum(terms.values()).backward()
-    groups = [["stem", "layer1"], ["layer2"], ["layer3"], ["fc"]]
-    for k, group in enumerate(groups):
+    state = _snapshot(s)
+    x, _ = _batch()
+    d.stage_loss(phase, x).backward()
+    for k, group in enumerate(SSKD_GROUPS):
         for name in group:
             mod = getattr(s, name)
             got = [
                 p.grad is not None and p.grad.abs().sum() > 0 for p in mod.parameters()
             ]
             assert all(got) if k == phase else not any(got), (phase, name)
-            # Only the phase's modules update batch-norm statistics.
             assert all(m.training == (k == phase) for m in mod.modules()), (phase, name)
+    # Parameters and batch-norm statistics move only in the phase's own modules.
+    moved = {_top(n) for n in state if not torch.equal(state[n], s.state_dict()[n])}
+    assert moved == set(SSKD_GROUPS[phase])
 
 
-def test_sskd_hint_is_the_plain_mse_of_stage_outputs():
-    d, s, t = _built("sskd")
+def test_sskd_classifier_phase_trains_only_fc_on_the_labels():
+    d, s, _ = _built("sskd")
     d.train()
-    d.on_epoch(2, 8)  # phase 1: layer2
+    d.on_epoch(0, 2)
+    assert d.phase == 3
+    assert _training_with_parameters(s) == {"fc"}
     x, y = _batch()
+    state = _snapshot(s)
+    logits, terms = d(x, y)
+    assert set(terms) == {"ce"}
+    assert all(torch.equal(state[k], v) for k, v in s.state_dict().items())  # BN frozen
     with torch.no_grad():
-        with kd.capture(t, ["layer2"]) as ft:
-            t(x)
-    state = _snapshot(d)
-    _, terms = d(x, y)
-    d.load_state_dict(state)
-    with kd.capture(s, ["layer2"]) as fs:
-        s(x)
-    ref = torch.nn.functional.mse_loss(fs["layer2"], ft["layer2"])
-    assert terms["hint2"].item() == pytest.approx(ref.item(), rel=1e-5)
+        ref = torch.nn.functional.cross_entropy(s.eval()(x), y)
+    d.train()
+    assert terms["ce"].item() == pytest.approx(ref.item(), rel=1e-6)
+    terms["ce"].backward()
+    for n, p in s.named_parameters():
+        assert (p.grad is not None) == n.startswith("fc."), n
+    # Precomputed teacher outputs (logits only) change nothing.
+    _, cached = d(x, y, teacher_out={"logits": torch.zeros(len(x), CLASSES)})
+    assert cached["ce"].item() == pytest.approx(terms["ce"].item(), rel=1e-6)
+
+
+def test_sskd_forward_outside_a_schedule_is_the_classifiers_ce_through_the_student():
+    d, s, _ = _built("sskd")
+    d.train()
+    x, y = _batch()
+    logits, terms = d(x, y)
+    assert set(terms) == {"ce"}
+    torch.testing.assert_close(
+        terms["ce"], torch.nn.functional.cross_entropy(logits, y)
+    )
+    terms["ce"].backward()
+    assert all(p.grad is not None for p in s.parameters())
+    d.phase = 1
+    with pytest.raises(RuntimeError, match="stage phase 2"):
+        d(x, y)
+
+
+def test_sskd_rejects_bad_hyperparameters():
+    s, t = _models()
+    for bad in (
+        dict(stage_epochs=0),
+        dict(stage_epochs=1.5),
+        dict(init_lr=0),
+        dict(init_lr=-0.1),
+        dict(hint_weight=-1),
+    ):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            kd.build("sskd", s, t, **bad)
+    assert kd.build("sskd", s, t).hparams() == dict(
+        stage_epochs=30, init_lr=0.05, hint_weight=1.0
+    )
 
 
 def test_sskd_refuses_stages_of_other_shapes():
@@ -535,7 +695,7 @@ def _digits(digits_config, method, **kw):
         ("fitnet", dict(init_epochs=1, hint_weight=0.0, ce_weight=0.1, kd_weight=0.9)),
         ("ab", dict(init_epochs=1)),
         ("ft", dict(init_epochs=1)),
-        ("sskd", dict(epochs=4)),
+        ("sskd", dict(epochs=2, stage_epochs=1)),
     ],
 )
 def test_a_staged_run_killed_mid_training_resumes_to_the_same_weights(
@@ -610,8 +770,8 @@ def test_loss_terms_draws_each_term_and_leaves_gaps_where_a_phase_skips_it():
     runs = [
         _fake_result("fitnet", [{"train_ce": 2.0 / e, "train_hint": 1.0 / e,
                                  "train_acc": 0.5} for e in (1, 2, 3)]),
-        _fake_result("sskd", [{"train_hint1": 1.0}, {"train_hint2": 0.5},
-                              {"train_ce": 0.3}]),
+        _fake_result("phased", [{"train_hint1": 1.0}, {"train_hint2": 0.5},
+                                {"train_ce": 0.3}]),
     ]  # fmt: skip
     fig = kd.plots.loss_terms(runs)
     a, b = fig.axes

@@ -8,15 +8,18 @@ autoencoder on the teacher's last map) and VID (a Gaussian likelihood with a
 learned variance). Connectors are built in ``setup`` from the feature shapes;
 shapes no connector can bridge raise a ``ValueError`` naming layers and shapes.
 
-Three methods have a stage before the main training, run by ``prepare`` on a
+Four methods have a stage before the main training, run by ``prepare`` on a
 fresh run (its weights are part of the checkpoints): FitNet's two-stage form
-and AB train the student's lower layers first; FT trains its paraphraser.
-Those stages use their own SGD (momentum 0.9, weight decay 5e-4, constant
-``init_lr``), as RepDistiller's ``init`` stage does.
+and AB train the student's lower layers first; FT trains its paraphraser;
+SSKD trains the student's stages one after another. Those stages use their
+own SGD (momentum 0.9, weight decay 5e-4): a constant ``init_lr``, as
+RepDistiller's ``init`` stage does, except SSKD's, which give each stage its
+own cosine schedule.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -147,13 +150,24 @@ def _pretrain(
     loss_fn: Callable[[Tensor], Tensor],
     epochs: int,
     lr: float,
-) -> None:
-    """SGD on ``loss_fn(x)`` over ``epochs`` passes of ``loader``; prints the last mean."""
+    cosine: bool = False,
+) -> list[float]:
+    """SGD on ``loss_fn(x)`` over ``epochs`` passes of ``loader``; the mean loss of each epoch.
+
+    The learning rate is ``lr`` throughout, or with ``cosine`` a per-step
+    cosine from ``lr`` to 0 over the stage: ``lr (1 + cos(pi t / T)) / 2``
+    at step ``t`` of ``T``. Prints the last epoch's mean.
+    """
     opt = torch.optim.SGD(list(params), lr=lr, momentum=0.9, weight_decay=5e-4)
+    total_steps, step = epochs * len(loader), 0
+    means: list[float] = []
     for epoch in range(epochs):
         loader.set_epoch(epoch)
         total = seen = 0.0
         for x, _, _ in loader:
+            if cosine:
+                for group in opt.param_groups:
+                    group["lr"] = lr * (1 + math.cos(math.pi * step / total_steps)) / 2
             loss = loss_fn(x)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -165,11 +179,16 @@ def _pretrain(
             opt.step()
             total += loss.item() * len(x)
             seen += len(x)
+            step += 1
+        means.append(total / seen)
+    opt.zero_grad(set_to_none=True)  # no stale gradients for what comes next
     if epochs:
+        schedule = f", cosine lr {lr:g} -> 0" if cosine else ""
         print(
-            f"[prepare] {name}: {epochs} epoch(s), mean loss in the last "
-            f"{total / seen:.4f}"
+            f"[prepare] {name}: {epochs} epoch(s){schedule}, mean loss in the last "
+            f"{means[-1]:.4f}"
         )
+    return means
 
 
 def _ce_kd_terms(
@@ -306,37 +325,79 @@ def _stage_names(model: nn.Module, what: str) -> list[str]:
 class SSKD(Distiller):
     """Stage-by-stage KD (Gao et al. 2019): the student mimics the teacher one stage at a time.
 
-    The epochs are split into ``S + 1`` equal phases for ``S`` stages. In
-    phase ``k < S`` only student stage ``k`` (with the stem in the first)
-    trains, on ``MSE(f_S^k, f_T^k)`` (survey Eq. (2)); the stages before it
-    are frozen (no gradient, batch norm in eval mode). In the last phase the
-    backbone is frozen and only the classifier trains, on the labels. There
-    is no loss weight to tune: each phase has one loss (the paper's point).
-    Not to be confused with the later self-supervised KD of the same acronym.
+    ``prepare`` (fresh runs) trains the ``S`` stages one after another. In
+    phase ``k`` only student stage ``k`` (with the stem in the first) trains,
+    for ``stage_epochs`` epochs, on ``hint_weight * MSE(f_S^k, f_T^k)``
+    (survey Eq. (2)) against the live teacher; the stages before it are
+    frozen (no gradient, batch norm in eval mode) and those after it are not
+    run. Each phase has its own SGD (momentum 0.9, weight decay 5e-4) and
+    its own per-step cosine learning rate from ``init_lr`` to 0, as Gao et
+    al. give each phase its own schedule. The main training (the run's
+    ``epochs`` and learning-rate schedule) is the classifier phase: the
+    backbone is frozen and only ``fc`` trains, on the labels; it reads no
+    teacher output. Each phase has one loss, so there is no weight to tune
+    (``hint_weight`` = 1 only scales the stage losses).
 
-    The student mimics the teacher's features as they are: stage outputs of
-    different shapes raise a ``ValueError``. The run needs at least ``S + 1``
-    epochs. Before the first ``on_epoch`` (a single forward in a test or a
-    notebook) every stage's term and the label term are returned together.
+    Defaults: ``stage_epochs=30`` and ``init_lr=0.05`` are this project's
+    choice, not the paper's: the length and learning rate of the CIFAR
+    benchmark's pre-training stage (RepDistiller's 30 ``init`` epochs, its
+    0.05). The student mimics the teacher's features as they are: stage
+    outputs of different shapes raise a ``ValueError``. The buffer
+    ``stage_losses`` ``(S, stage_epochs)`` holds each phase's mean loss per
+    epoch (checkpointed with the weights; NaN until ``prepare`` ran).
+
+    Outside a schedule (a single forward before ``on_epoch``, in a test or a
+    notebook) the forward returns the classifier's cross-entropy with
+    gradients through the whole student; :meth:`stage_terms` gives the
+    stage objectives. Not to be confused with the later self-supervised KD
+    of the same acronym.
     """
 
     def __init__(
-        self, student: nn.Module, teacher: nn.Module, hint_weight: float = 1.0
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        stage_epochs: int = 30,
+        init_lr: float = 0.05,
+        hint_weight: float = 1.0,
     ) -> None:
         check_weights(hint_weight=hint_weight)
+        if isinstance(stage_epochs, bool) or not isinstance(stage_epochs, int):
+            raise ValueError(
+                f"stage_epochs must be an integer >= 1, got {stage_epochs!r}"
+            )
+        if stage_epochs < 1:
+            raise ValueError(f"stage_epochs must be >= 1, got {stage_epochs}")
+        if not init_lr > 0:
+            raise ValueError(f"init_lr must be > 0, got {init_lr}")
         super().__init__(student, teacher)
-        self.hint_weight = hint_weight
+        self.stage_epochs, self.init_lr, self.hint_weight = (
+            stage_epochs,
+            init_lr,
+            hint_weight,
+        )
         self.student_stages = _stage_names(student, "student")
-        self.teacher_layers = tuple(_stage_names(teacher, "teacher"))
-        if len(self.student_stages) != len(self.teacher_layers):
+        self.teacher_stages = _stage_names(teacher, "teacher")
+        if len(self.student_stages) != len(self.teacher_stages):
             raise ValueError(
                 f"student stages {self.student_stages} and teacher stages "
-                f"{list(self.teacher_layers)} differ in number"
+                f"{self.teacher_stages} differ in number"
             )
+        # The main training trains the classifier on the labels alone.
+        self.teacher_layers = ()
+        self.register_buffer(
+            "stage_losses",
+            torch.full((len(self.student_stages), stage_epochs), float("nan")),
+        )
+        # None: outside a schedule; k < S: stage phase k (prepare); S: classifier.
         self.phase: int | None = None
 
     def hparams(self) -> dict:
-        return dict(hint_weight=self.hint_weight)
+        return dict(
+            stage_epochs=self.stage_epochs,
+            init_lr=self.init_lr,
+            hint_weight=self.hint_weight,
+        )
 
     @property
     def num_phases(self) -> int:
@@ -344,9 +405,9 @@ class SSKD(Distiller):
 
     def setup(self, data) -> None:
         s = _shapes(self.student, self.student_stages, data)
-        t = _shapes(self.teacher, self.teacher_layers, data)
+        t = _shapes(self.teacher, self.teacher_stages, data)
         for ns, nt, a, b in zip(
-            self.student_stages, self.teacher_layers, s, t, strict=True
+            self.student_stages, self.teacher_stages, s, t, strict=True
         ):
             if a != b:
                 raise ValueError(
@@ -362,13 +423,8 @@ class SSKD(Distiller):
             groups[0].insert(0, mods["stem"])
         return [*groups, [mods["fc"]]]
 
-    def on_epoch(self, epoch: int, epochs: int) -> None:
-        if epochs < self.num_phases:
-            raise ValueError(
-                f"SSKD needs at least {self.num_phases} epochs (one phase per stage "
-                f"and one for the classifier), got {epochs}"
-            )
-        self.phase = min(epoch * self.num_phases // epochs, self.num_phases - 1)
+    def _set_phase(self, phase: int | None) -> None:
+        self.phase = phase
         self.train(self.training)
 
     def train(self, mode: bool = True) -> SSKD:
@@ -381,37 +437,87 @@ class SSKD(Distiller):
                         m.eval()
         return self
 
-    def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
-        names = self.student_stages
-        groups = self.phase_modules()
-        handles = []
+    def _student_run(self, x: Tensor, layers: Sequence[str] | None) -> dict:
+        """The student's outputs of ``layers`` (None: its logits), cut before the phase.
+
+        In phase ``k`` (not None) the input of the phase's first module is
+        detached, so nothing before it gets a gradient.
+        """
+        handle = None
         if self.phase is not None and self.phase > 0:
-            # Freeze what precedes the phase: cut the graph at its input.
-            first = groups[self.phase][0]
-            handles.append(
-                first.register_forward_pre_hook(
-                    lambda _m, inp: tuple(a.detach() for a in inp)
-                )
+            first = self.phase_modules()[self.phase][0]
+            handle = first.register_forward_pre_hook(
+                lambda _m, inp: tuple(a.detach() for a in inp)
             )
         try:
-            with capture(self.student, names) as feats:
-                logits_s = self.student(x)
+            if layers is None:
+                return {"logits": self.student(x)}
+            return forward_until(self.student, layers, x)
         finally:
-            for h in handles:
-                h.remove()
-        n = len(names)
-        if self.phase == n:
-            return logits_s, {"ce": F.cross_entropy(logits_s, y)}
-        t = teacher_out if teacher_out is not None else self.teacher_outputs(x)
-        stages = range(n) if self.phase is None else [self.phase]
-        terms = {
-            f"hint{k + 1}": self.hint_weight
-            * hint_loss(feats[names[k]], t[self.teacher_layers[k]])
-            for k in stages
+            if handle is not None:
+                handle.remove()
+
+    def _teacher_stages(self, x: Tensor, layers: Sequence[str]) -> dict:
+        with torch.no_grad():
+            return forward_until(self.teacher, layers, x)
+
+    def stage_terms(self, x: Tensor) -> dict[str, Tensor]:
+        """Every stage's objective on a batch: ``{"hint<k>": hint_weight * MSE(f_S^k, f_T^k)}``.
+
+        Gradients flow through the whole student (outside a schedule).
+        """
+        f_s = forward_until(self.student, self.student_stages, x)
+        f_t = self._teacher_stages(x, self.teacher_stages)
+        return {
+            f"hint{k + 1}": self.hint_weight * hint_loss(f_s[ns], f_t[nt])
+            for k, (ns, nt) in enumerate(
+                zip(self.student_stages, self.teacher_stages, strict=True)
+            )
         }
-        if self.phase is None:
-            terms["ce"] = F.cross_entropy(logits_s, y)
-        return logits_s, terms
+
+    def stage_loss(self, k: int, x: Tensor) -> Tensor:
+        """Phase ``k``'s objective, ``hint_weight * MSE(f_S^k, f_T^k)``, with the earlier stages cut off."""
+        if self.phase != k:
+            raise RuntimeError(f"stage_loss({k}) needs phase {k}, not {self.phase}")
+        ns, nt = self.student_stages[k], self.teacher_stages[k]
+        f_s = self._student_run(x, [ns])[ns]
+        f_t = self._teacher_stages(x, [nt])[nt]
+        return self.hint_weight * hint_loss(f_s, f_t)
+
+    def prepare(self, loader) -> None:
+        groups = self.phase_modules()
+        try:
+            for k in range(len(self.student_stages)):
+                self.phase = k
+                self.train()
+                names = ", ".join(
+                    n for n, m in self.student.named_children() if m in groups[k]
+                )
+                means = _pretrain(
+                    f"sskd stage {k + 1} ({names})",
+                    loader,
+                    [p for m in groups[k] for p in m.parameters()],
+                    lambda x, k=k: self.stage_loss(k, x),
+                    self.stage_epochs,
+                    self.init_lr,
+                    cosine=True,
+                )
+                self.stage_losses[k] = torch.tensor(means)
+        finally:
+            self._set_phase(None)
+
+    def on_epoch(self, epoch: int, epochs: int) -> None:
+        # The whole main training is the classifier phase.
+        self._set_phase(len(self.student_stages))
+
+    def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
+        if self.phase is not None and self.phase < len(self.student_stages):
+            raise RuntimeError(
+                f"SSKD is in stage phase {self.phase + 1}: its forward is the "
+                "classifier's; use stage_loss"
+            )
+        logits_s = self._student_run(x, None)["logits"]
+        return logits_s, {"ce": F.cross_entropy(logits_s, y)}
 
 
 @register("ab", section="2.2.1")
