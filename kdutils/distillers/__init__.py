@@ -1,7 +1,7 @@
 """Distillation methods: the base class, the registry, one module per family."""
 
 # Importing a family's module registers its methods.
-from . import extracting, fitting, output, relation, small, traditional  # noqa: F401
+from . import extracting, fitting, online, output, relation, small, traditional  # noqa: F401
 from .base import METHODS, Distiller, check_weights, get_method, register
 
 __all__ = ["METHODS", "Distiller", "check_weights", "get_method", "register", "build"]

@@ -1,0 +1,430 @@
+"""Online distillation, survey section 2.3.1, Eq. (5).
+
+No pre-trained teacher: several students learn together and teach each other,
+``L = sum_k L_t(l_k, t) + sum_{i<j} L_KD(l_i, l_j)``. The other students are
+trainable submodules of the Distiller, so the trainer's optimizer trains them
+with the student; checkpoints keep them. What is evaluated, reported and saved
+is always ONE deployable network, ``self.student``:
+
+- ``dml``: K independent peers of the student's architecture; peer 0 is the
+  student.
+- ``one``: a shared trunk (stem, layer1, layer2) with m branches (layer3, pool,
+  fc); the student is the trunk plus branch 0.
+- ``okddip``: a shared trunk with m peer branches and a group leader branch;
+  the student is the trunk plus the leader (the paper deploys the leader).
+
+Every method names the student's terms ``ce`` and ``kl`` and the other
+members' terms ``peers_*`` (``branches_*`` for ONE), so the student's own
+training loss can be read apart from the group's.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..losses import (
+    dml_kl_losses,
+    gated_ensemble,
+    online_kl_loss,
+    peer_attention_targets,
+    sigmoid_rampup,
+)
+from ..models import capture
+from .base import Distiller, check_weights, register
+
+__all__ = ["DML", "ONE", "OKDDip", "fresh_copy"]
+
+# ONE's and OKDDip's code ramp their KL terms up over 80 of their 300 epochs;
+# the fraction carries that schedule over to any number of epochs.
+_RAMPUP = 80 / 300
+
+
+def fresh_copy(module: nn.Module) -> nn.Module:
+    """A deep copy of ``module`` with newly drawn parameters.
+
+    Initialised as :mod:`kdutils.models` initialises a ResNet (convolutions:
+    Kaiming normal, fan-out; batch norms: 1 and 0, fresh running statistics;
+    linear layers: PyTorch's default), from a seed drawn from torch's global
+    generator, so runs are reproducible and the global stream moves by one
+    draw per copy. Parameters are drawn on the CPU (the same values whatever
+    the device); a module on the meta device is copied as it is.
+    """
+    clone = copy.deepcopy(module)
+    seed = int(torch.randint(0, 2**62, (), device="cpu"))
+    first = next(clone.parameters(), None)
+    device = first.device if first is not None else torch.device("cpu")
+    if device.type == "meta":
+        return clone
+    clone.to("cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            for m in clone.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.kaiming_normal_(
+                        m.weight, mode="fan_out", nonlinearity="relu"
+                    )
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+                elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+                    m.reset_parameters()
+                elif hasattr(m, "reset_parameters") and any(
+                    True for _ in m.parameters(recurse=False)
+                ):
+                    m.reset_parameters()
+    return clone.to(device)
+
+
+def _check_int(name: str, value, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_T(T: float) -> None:
+    if T <= 0:
+        raise ValueError(f"temperature T must be > 0, got {T}")
+
+
+def _check_rampup(rampup: float) -> None:
+    if not 0 <= rampup <= 1:
+        raise ValueError(
+            f"rampup (a fraction of the epochs) must be in [0, 1], got {rampup}"
+        )
+
+
+def _check_branchable(model: nn.Module, method: str) -> int:
+    """The model must have ``stem``, ``layer1``, ``layer2``, ``layer3``, ``pool``
+    and a linear ``fc`` (a :class:`kdutils.models.ResNet`); returns the channel
+    count of ``layer2``'s output (``layer3``'s input)."""
+    names = ("stem", "layer1", "layer2", "layer3", "pool")
+    missing = [n for n in names if not isinstance(getattr(model, n, None), nn.Module)]
+    if not isinstance(getattr(model, "fc", None), nn.Linear):
+        missing.append("fc (a linear layer)")
+    conv = None
+    if not missing:
+        layer3 = model.layer3.modules()
+        conv = next((m for m in layer3 if isinstance(m, nn.Conv2d)), None)
+        if conv is None:
+            missing.append("convolution in layer3")
+    if missing:
+        raise ValueError(
+            f"{method} builds its branches on a CIFAR ResNet (a trunk of stem, "
+            "layer1 and layer2 shared by branches of layer3, pool and fc); "
+            f"{type(model).__name__} has no {', '.join(missing)}"
+        )
+    return conv.in_channels
+
+
+class _Branch(nn.Module):
+    """A plain classifier: the student's trunk (up to ``layer2``), then one
+    branch's ``layer3``, the student's ``pool`` and the branch's ``fc``.
+
+    Built on demand to evaluate a branch alone; it shares (does not copy) the
+    modules, so it is never registered inside the Distiller."""
+
+    def __init__(self, student: nn.Module, layer3: nn.Module, fc: nn.Module) -> None:
+        super().__init__()
+        self.student, self.layer3, self.fc = student, layer3, fc
+
+    def forward(self, x: Tensor) -> Tensor:
+        s = self.student
+        h = s.layer2(s.layer1(s.stem(x)))
+        return self.fc(s.pool(self.layer3(h)))
+
+
+@register("dml", section="2.3.1")
+class DML(Distiller):
+    """Deep mutual learning: peers teach each other (Zhang et al. 2018).
+
+    ``num_peers`` networks of the student's architecture, peer 0 being the
+    student and the others fresh copies (:func:`fresh_copy`). Peer k's loss is
+    ``ce_weight * CE(z_k, y) + kl_weight * T^2/(K-1) sum_{l != k} KL(p_l || p_k)``
+    with the other peers' predictions detached (:func:`dml_kl_losses`).
+
+    Update order: the paper updates the peers in turn, recomputing the
+    predictions after each update; here all peers take one optimizer step on
+    the summed losses. Because every target is detached, each peer's gradient
+    is exactly that of its own loss with the others' current predictions,
+    which is the paper's step for peer 1 and differs for the later peers only
+    in that they see predictions from before, not after, the earlier peers'
+    step on the same batch (the usual PyTorch implementation, and OKDDip's DML
+    baseline). Defaults: the paper's T = 1 and unit weights; three peers as in
+    Table 1's "DML (3 students)". Terms: ``ce`` and ``kl`` (the student),
+    ``peers_ce`` and ``peers_kl`` (the other peers, summed).
+    """
+
+    needs_teacher = False
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        num_peers: int = 3,
+        T: float = 1.0,
+        ce_weight: float = 1.0,
+        kl_weight: float = 1.0,
+    ) -> None:
+        _check_int("num_peers", num_peers, 2)
+        _check_T(T)
+        check_weights(ce_weight=ce_weight, kl_weight=kl_weight)
+        super().__init__(student, None)
+        self.num_peers, self.T = num_peers, T
+        self.ce_weight, self.kl_weight = ce_weight, kl_weight
+        self.peers = nn.ModuleList(fresh_copy(student) for _ in range(num_peers - 1))
+
+    def hparams(self) -> dict:
+        return dict(
+            num_peers=self.num_peers,
+            T=self.T,
+            ce_weight=self.ce_weight,
+            kl_weight=self.kl_weight,
+        )
+
+    def members(self) -> list[nn.Module]:
+        """Every peer as a plain classifier, the student first."""
+        return [self.student, *self.peers]
+
+    def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
+        logits = [m(x) for m in self.members()]
+        kls = dml_kl_losses(logits, self.T)
+        ces = [F.cross_entropy(z, y) for z in logits]
+        return logits[0], {
+            "ce": self.ce_weight * ces[0],
+            "kl": self.kl_weight * kls[0],
+            "peers_ce": self.ce_weight * sum(ces[1:]),
+            "peers_kl": self.kl_weight * sum(kls[1:]),
+        }
+
+
+@register("one", section="2.3.1")
+class ONE(Distiller):
+    """On-the-fly native ensemble: gated branches teach each branch (Lan et al. 2018).
+
+    The student's stem, layer1 and layer2 are a trunk shared by
+    ``num_branches`` branches (layer3, pool, fc): branch 0 is the student's
+    own, the others fresh copies. A gate (global average of the trunk's
+    output -> linear -> batch norm -> ReLU -> softmax over branches, as in the
+    authors' code) weights the branches' logits into the ensemble teacher
+    ``z_e = sum_i g_i z_i``. Loss: ``ce_weight * sum_i CE(z_i, y) +
+    ensemble_weight * CE(z_e, y) + kl_weight * w(epoch) * sum_i T^2 KL(q_e ||
+    p_i)`` (:func:`online_kl_loss`, 1e-7 added to the ensemble's
+    probabilities), with the ensemble detached in the KL terms (the authors'
+    ``KLLoss``) so that only its CE trains the gate. ``w`` is the authors'
+    sigmoid ramp-up, ``exp(-5 (1 - e/L)^2)`` over the first ``rampup`` of the
+    epochs (their 80 of 300); it is 1 until the trainer's first ``on_epoch``.
+    Defaults: the authors' code (T = 3, unit weights, three branches as in
+    Table 1's "ONE (3 branches)"). The deployed student is the trunk with
+    branch 0. Terms: ``ce``, ``kl`` (branch 0), ``branches_ce``,
+    ``branches_kl`` (the others, summed), ``ensemble_ce``.
+    """
+
+    needs_teacher = False
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        num_branches: int = 3,
+        T: float = 3.0,
+        ce_weight: float = 1.0,
+        ensemble_weight: float = 1.0,
+        kl_weight: float = 1.0,
+        rampup: float = _RAMPUP,
+    ) -> None:
+        _check_int("num_branches", num_branches, 2)
+        _check_T(T)
+        _check_rampup(rampup)
+        check_weights(
+            ce_weight=ce_weight, ensemble_weight=ensemble_weight, kl_weight=kl_weight
+        )
+        channels = _check_branchable(student, "ONE")
+        super().__init__(student, None)
+        self.num_branches, self.T, self.rampup = num_branches, T, rampup
+        self.ce_weight, self.ensemble_weight = ce_weight, ensemble_weight
+        self.kl_weight = kl_weight
+        self.layer3s = nn.ModuleList(
+            fresh_copy(student.layer3) for _ in range(num_branches - 1)
+        )
+        self.fcs = nn.ModuleList(
+            fresh_copy(student.fc) for _ in range(num_branches - 1)
+        )
+        self.gate = nn.Sequential(
+            nn.Linear(channels, num_branches), nn.BatchNorm1d(num_branches), nn.ReLU()
+        )
+        self.ramp = 1.0
+
+    def hparams(self) -> dict:
+        return dict(
+            num_branches=self.num_branches,
+            T=self.T,
+            ce_weight=self.ce_weight,
+            ensemble_weight=self.ensemble_weight,
+            kl_weight=self.kl_weight,
+            rampup=self.rampup,
+        )
+
+    def on_epoch(self, epoch: int, epochs: int) -> None:
+        self.ramp = sigmoid_rampup(epoch, self.rampup * epochs)
+
+    def members(self) -> list[nn.Module]:
+        """Every branch as a plain classifier (sharing the trunk), the student first."""
+        return [self.student] + [
+            _Branch(self.student, l3, fc)
+            for l3, fc in zip(self.layer3s, self.fcs, strict=True)
+        ]
+
+    def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """All branches' logits ``(B, m, K)`` and the gate ``(B, m)``."""
+        if self.training and x.shape[0] < 2:
+            raise ValueError(
+                "ONE's gate has a batch norm: a training batch needs at least 2 samples"
+            )
+        with capture(self.student, ["layer2"]) as feats:
+            z0 = self.student(x)
+        h = feats["layer2"]
+        pool = self.student.pool
+        zs = [z0] + [
+            fc(pool(l3(h))) for l3, fc in zip(self.layer3s, self.fcs, strict=True)
+        ]
+        gate = torch.softmax(self.gate(F.adaptive_avg_pool2d(h, 1).flatten(1)), dim=1)
+        return torch.stack(zs, 1), gate
+
+    @torch.no_grad()
+    def ensemble_logits(self, x: Tensor) -> Tensor:
+        """The gated ensemble's logits (the online teacher)."""
+        return gated_ensemble(*self.branches(x))
+
+    def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
+        logits, gate = self.branches(x)
+        ensemble = gated_ensemble(logits, gate)
+        target = ensemble.detach()
+        ces = [F.cross_entropy(logits[:, i], y) for i in range(self.num_branches)]
+        kls = [
+            online_kl_loss(logits[:, i], target, self.T)
+            for i in range(self.num_branches)
+        ]
+        kl_weight = self.kl_weight * self.ramp
+        return logits[:, 0], {
+            "ce": self.ce_weight * ces[0],
+            "kl": kl_weight * kls[0],
+            "branches_ce": self.ce_weight * sum(ces[1:]),
+            "branches_kl": kl_weight * sum(kls[1:]),
+            "ensemble_ce": self.ensemble_weight * F.cross_entropy(ensemble, y),
+        }
+
+
+@register("okddip", section="2.3.1")
+class OKDDip(Distiller):
+    """Online distillation with diverse peers and a group leader (Chen et al. 2020).
+
+    The student's stem, layer1 and layer2 are a trunk shared by ``num_peers``
+    peer branches (layer3, pool, fc; fresh copies) and the group leader, the
+    student's own layer3, pool and fc. Two levels: each peer i learns from
+    its own target ``t_i = sum_j alpha_ij z_j`` (:func:`peer_attention_targets`),
+    ``alpha = softmax(q k^T)`` with ``q, k`` linear projections (no bias,
+    ``C // proj_factor`` dimensions, shared by the peers) of the peers' pooled
+    layer3 embeddings; the leader learns from the mean of the peers' logits.
+    Loss, as in the authors' ``train_GL.py``: ``ce_weight * (sum_i CE(z_i, y)
+    + CE(z_leader, y)) + kl_weight * w(epoch) * (sum_i KL_T(t_i || z_i) +
+    KL_T(mean_i z_i || z_leader))`` with :func:`online_kl_loss` (T^2, 1e-7).
+    Nothing is detached, as in their code: the peers' KL terms reach the
+    other peers and the attention projections through the targets (the only
+    way the projections learn), and the leader's term reaches the peers.
+    ``w`` is the sigmoid ramp-up over the first ``rampup`` of the epochs
+    (their 80 of 300; 1 until the trainer's first ``on_epoch``). Defaults:
+    the authors' code (T = 3, alpha = ``kl_weight`` = 1, projection factor 8,
+    four branches: three peers, as in Table 1's "OKDDip (3 students)", and
+    the leader). The deployed student is the trunk with the leader, the
+    network the paper uses for inference. Terms: ``ce``, ``kl`` (the leader),
+    ``peers_ce``, ``peers_kl`` (the peers, summed).
+    """
+
+    needs_teacher = False
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        num_peers: int = 3,
+        T: float = 3.0,
+        ce_weight: float = 1.0,
+        kl_weight: float = 1.0,
+        rampup: float = _RAMPUP,
+        proj_factor: int = 8,
+    ) -> None:
+        _check_int("num_peers", num_peers, 2)
+        _check_int("proj_factor", proj_factor, 1)
+        _check_T(T)
+        _check_rampup(rampup)
+        check_weights(ce_weight=ce_weight, kl_weight=kl_weight)
+        _check_branchable(student, "OKDDip")
+        width = student.fc.in_features
+        if width // proj_factor < 1:
+            raise ValueError(
+                f"proj_factor={proj_factor} leaves no dimension for the attention "
+                f"projections of {width}-d embeddings"
+            )
+        super().__init__(student, None)
+        self.num_peers, self.T, self.rampup = num_peers, T, rampup
+        self.proj_factor = proj_factor
+        self.ce_weight, self.kl_weight = ce_weight, kl_weight
+        self.layer3s = nn.ModuleList(
+            fresh_copy(student.layer3) for _ in range(num_peers)
+        )
+        self.fcs = nn.ModuleList(fresh_copy(student.fc) for _ in range(num_peers))
+        self.query = nn.Linear(width, width // proj_factor, bias=False)
+        self.key = nn.Linear(width, width // proj_factor, bias=False)
+        self.ramp = 1.0
+        self.last_attention: Tensor | None = None
+
+    def hparams(self) -> dict:
+        return dict(
+            num_peers=self.num_peers,
+            T=self.T,
+            ce_weight=self.ce_weight,
+            kl_weight=self.kl_weight,
+            rampup=self.rampup,
+            proj_factor=self.proj_factor,
+        )
+
+    def on_epoch(self, epoch: int, epochs: int) -> None:
+        self.ramp = sigmoid_rampup(epoch, self.rampup * epochs)
+
+    def members(self) -> list[nn.Module]:
+        """The leader (the student), then every peer, as plain classifiers."""
+        return [self.student] + [
+            _Branch(self.student, l3, fc)
+            for l3, fc in zip(self.layer3s, self.fcs, strict=True)
+        ]
+
+    def group(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Leader logits ``(B, K)``, peer logits ``(B, m, K)``, the peers'
+        targets ``(B, m, K)`` and attention ``(B, m, m)``."""
+        with capture(self.student, ["layer2"]) as feats:
+            leader = self.student(x)
+        h = feats["layer2"]
+        embs = torch.stack([self.student.pool(l3(h)) for l3 in self.layer3s], 1)
+        peers = torch.stack([fc(embs[:, i]) for i, fc in enumerate(self.fcs)], 1)
+        targets, attention = peer_attention_targets(
+            peers, self.query(embs), self.key(embs)
+        )
+        return leader, peers, targets, attention
+
+    def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
+        leader, peers, targets, attention = self.group(x)
+        self.last_attention = attention.detach()
+        m, kl_weight = self.num_peers, self.kl_weight * self.ramp
+        peers_ce = sum(F.cross_entropy(peers[:, i], y) for i in range(m))
+        peers_kl = sum(
+            online_kl_loss(peers[:, i], targets[:, i], self.T) for i in range(m)
+        )
+        return leader, {
+            "ce": self.ce_weight * F.cross_entropy(leader, y),
+            "kl": kl_weight * online_kl_loss(leader, peers.mean(1), self.T),
+            "peers_ce": self.ce_weight * peers_ce,
+            "peers_kl": kl_weight * peers_kl,
+        }
