@@ -1,4 +1,4 @@
-"""Online distillation (survey 2.3.1): DML, ONE, OKDDip.
+"""Online distillation (survey 2.3.1): DML, ONE, OKDDip, FFL.
 
 The losses against float64 references written with explicit loops, their
 properties and errors; the distillers' terms against an independent forward;
@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import kdutils as kd
@@ -418,7 +419,7 @@ def test_one_gradients_reach_what_each_term_trains():
     assert _grads(own, terms["ensemble_ce"]) and _grads(others, terms["ensemble_ce"])
 
 
-@pytest.mark.parametrize("name", ["one", "okddip"])
+@pytest.mark.parametrize("name", ["one", "okddip", "ffl"])
 def test_branch_methods_need_a_cifar_resnet(name):
     net = nn.Sequential(nn.Conv2d(C, 8, 3), nn.Flatten(), nn.LazyLinear(K))
     with pytest.raises(ValueError, match="stem, layer1, layer2, layer3, pool"):
@@ -543,10 +544,110 @@ def test_okddip_rejects_bad_hyperparameters(bad):
         kd.build("okddip", _student(), **bad)
 
 
+# FFL
+
+
+def test_ffl_defaults_structure_and_members():
+    s = _student()
+    d = kd.build("ffl", s)
+    assert d.hparams() == {
+        "num_branches": 2,
+        "T": 3.0,
+        "ce_weight": 1.0,
+        "fusion_weight": 1.0,
+        "kl_weight": 1.0,
+        "rampup": pytest.approx(80 / 300),
+    }
+    assert d.student_modules() is s and len(d.layer3s) == 1
+    assert d.fusion.conv1.groups == 128 and d.fusion.conv2.out_channels == 64
+    x, _ = _batch()
+    d.eval()
+    with torch.no_grad():
+        logits, fused = d.branches(x)
+        for i, member in enumerate(d.members()):
+            torch.testing.assert_close(member(x), logits[:, i])
+    torch.testing.assert_close(logits[:, 0], s(x))
+    assert fused.shape == (B, K)
+
+
+def test_ffl_terms_against_an_independent_computation():
+    d = kd.build("ffl", _student(), num_branches=3, T=2.0, ce_weight=0.5)
+    d.fusion_weight, d.kl_weight = 0.3, 0.8
+    x, y = _batch()
+    d.eval()
+    _, terms = d(x, y)  # no on_epoch: the ramp is 1
+    s, f = d.student, d.fusion
+    with torch.no_grad():
+        h = _trunk(s, x)
+        maps = [s.layer3(h)] + [l3(h) for l3 in d.layer3s]
+        z = [_np(s.fc(s.pool(maps[0])))] + [
+            _np(fc(s.pool(m))) for fc, m in zip(d.fcs, maps[1:], strict=True)
+        ]
+        # The fusion module, step by step: depthwise 3x3 (one filter per
+        # channel), batch norm, ReLU, 1x1, batch norm, ReLU, mean, linear.
+        cat = torch.cat(maps, 1)
+        dw = torch.cat(
+            [
+                F.conv2d(cat[:, c : c + 1], f.conv1.weight[c : c + 1], padding=1)
+                for c in range(cat.shape[1])
+            ],
+            1,
+        )
+        a = torch.relu(f.bn1(dw))
+        b = torch.relu(
+            f.bn2(torch.einsum("oc,bchw->bohw", f.conv2.weight[:, :, 0, 0], a))
+        )
+        fused = _np(f.fc(b.mean((2, 3))))
+    yn = y.numpy()
+    ens = sum(z) / 3
+    kl = [_np_kl(fused, z[i], 2.0, 1e-7) for i in range(3)]
+    assert terms["ce"].item() == pytest.approx(0.5 * _np_ce(z[0], yn), rel=1e-5)
+    assert terms["branches_ce"].item() == pytest.approx(
+        0.5 * (_np_ce(z[1], yn) + _np_ce(z[2], yn)), rel=1e-5
+    )
+    assert terms["fusion_ce"].item() == pytest.approx(0.3 * _np_ce(fused, yn), rel=1e-5)
+    assert terms["kl"].item() == pytest.approx(0.8 * kl[0], rel=1e-4)
+    assert terms["branches_kl"].item() == pytest.approx(0.8 * (kl[1] + kl[2]), rel=1e-4)
+    assert terms["fusion_kl"].item() == pytest.approx(
+        0.8 * _np_kl(ens, fused, 2.0, 1e-7), rel=1e-4
+    )
+
+
+def test_ffl_gradients_reach_what_each_term_trains():
+    d = kd.build("ffl", _student()).train()
+    x, y = _batch()
+    _, terms = d(x, y)
+    s = d.student
+    own = nn.ModuleList([s.layer3, s.fc])
+    others = nn.ModuleList([*d.layer3s, *d.fcs])
+    # Both targets are detached: the fused classifier teaches the branches
+    # without learning from that, and the branches' ensemble teaches it.
+    for key in ("ce", "kl", "branches_ce", "branches_kl"):
+        assert not _grads(d.fusion, terms[key]), key
+    for key in ("fusion_ce", "fusion_kl"):
+        assert _grads(d.fusion, terms[key]), key
+        # ... and reach the branches' layer3 through the fused maps.
+        assert _grads(nn.ModuleList([s.layer3, *d.layer3s]), terms[key]), key
+        assert not _grads(nn.ModuleList([s.fc, *d.fcs]), terms[key]), key
+    assert _grads(own, terms["kl"]) and not _grads(others, terms["kl"])
+    assert _grads(others, terms["branches_kl"]) and not _grads(
+        own, terms["branches_kl"]
+    )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [dict(num_branches=1), dict(T=0.0), dict(rampup=2.0), dict(fusion_weight=-1.0)],
+)
+def test_ffl_rejects_bad_hyperparameters(bad):
+    with pytest.raises(ValueError, match=next(iter(bad)).split("_")[0]):
+        kd.build("ffl", _student(), **bad)
+
+
 # Training through kd.run: the reported accuracy is the student's alone
 
 
-NAMES = ["dml", "one", "okddip"]
+NAMES = ["dml", "one", "okddip", "ffl"]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -596,6 +697,7 @@ def test_a_killed_run_resumes_exactly_with_its_peers(
         "dml": "peers.0.fc.weight",
         "one": "gate.0.weight",
         "okddip": "query.weight",
+        "ffl": "fusion.conv1.weight",
     }
     assert extra[name] in state
     capsys.readouterr()

@@ -4,7 +4,7 @@ No pre-trained teacher: several students learn together and teach each other,
 ``L = sum_k L_t(l_k, t) + sum_{i<j} L_KD(l_i, l_j)``. The other students are
 trainable submodules of the Distiller, so the trainer's optimizer trains them
 with the student; checkpoints keep them. What is evaluated, reported and saved
-is always ONE deployable network, ``self.student``:
+is always one deployable network, ``self.student``:
 
 - ``dml``: K independent peers of the student's architecture; peer 0 is the
   student.
@@ -12,10 +12,13 @@ is always ONE deployable network, ``self.student``:
   fc); the student is the trunk plus branch 0.
 - ``okddip``: a shared trunk with m peer branches and a group leader branch;
   the student is the trunk plus the leader (the paper deploys the leader).
+- ``ffl``: a shared trunk with m branches and a classifier of their fused
+  feature maps; the student is the trunk plus branch 0.
 
 Every method names the student's terms ``ce`` and ``kl`` and the other
-members' terms ``peers_*`` (``branches_*`` for ONE), so the student's own
-training loss can be read apart from the group's.
+members' terms ``peers_*`` (``branches_*`` for ONE and FFL), so the student's
+own training loss can be read apart from the group's. Each Distiller's
+``members()`` gives every peer or branch as a plain classifier.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from ..losses import (
 from ..models import capture
 from .base import Distiller, check_weights, register
 
-__all__ = ["DML", "ONE", "OKDDip", "fresh_copy"]
+__all__ = ["DML", "ONE", "OKDDip", "FFL", "FusionModule", "fresh_copy"]
 
 # ONE's and OKDDip's code ramp their KL terms up over 80 of their 300 epochs;
 # the fraction carries that schedule over to any number of epochs.
@@ -427,4 +430,135 @@ class OKDDip(Distiller):
             "kl": kl_weight * online_kl_loss(leader, peers.mean(1), self.T),
             "peers_ce": self.ce_weight * peers_ce,
             "peers_kl": kl_weight * peers_kl,
+        }
+
+
+class FusionModule(nn.Module):
+    """FFL's fusion classifier: the branches' last feature maps, concatenated
+    (``m C`` channels), a depthwise 3x3 convolution, batch norm and ReLU, a
+    1x1 convolution to ``C`` channels, batch norm and ReLU, global average
+    pooling and a linear classifier (the authors' ``Fusion_module``)."""
+
+    def __init__(self, channels: int, branches: int, num_classes: int) -> None:
+        super().__init__()
+        wide = channels * branches
+        self.conv1 = nn.Conv2d(wide, wide, 3, 1, 1, groups=wide, bias=False)
+        self.bn1 = nn.BatchNorm2d(wide)
+        self.conv2 = nn.Conv2d(wide, channels, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+        self.fc = nn.Linear(channels, num_classes)
+        for m in (self.conv1, self.conv2):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, maps: list[Tensor]) -> Tensor:
+        x = F.relu(self.bn1(self.conv1(torch.cat(maps, 1))))
+        x = F.relu(self.bn2(self.conv2(x)))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+@register("ffl", section="2.3.1")
+class FFL(Distiller):
+    """Feature fusion learning: a fused classifier and its branches (Kim et al. 2021).
+
+    The student's stem, layer1 and layer2 are a trunk shared by
+    ``num_branches`` branches (layer3, pool, fc; branch 0 is the student's,
+    the others fresh copies). A :class:`FusionModule` classifies the
+    concatenation of the branches' layer3 maps. Loss, as in the authors'
+    ``train_FFL.py``: ``ce_weight * sum_i CE(z_i, y) + fusion_weight *
+    CE(z_f, y) + kl_weight * w(epoch) * (sum_i KL_T(z_f || z_i) +
+    KL_T(mean_i z_i || z_f))`` with :func:`online_kl_loss` (T^2, 1e-7) and
+    both targets detached (their ``KLLoss``): the fused classifier teaches
+    every branch, the branches' ensemble teaches the fused classifier. ``w``
+    is the sigmoid ramp-up over the first ``rampup`` of the epochs (their 80
+    of 300; 1 until the trainer's first ``on_epoch``). Defaults: the
+    authors' CIFAR code (two branches, T = 3, unit weights). One difference:
+    their fusion module has its own optimizer with weight decay 1e-5; here
+    the trainer's single optimizer applies the config's weight decay to
+    every parameter. The deployed student is the trunk with branch 0.
+    Terms: ``ce``, ``kl`` (branch 0), ``branches_ce``, ``branches_kl`` (the
+    others, summed), ``fusion_ce``, ``fusion_kl``.
+    """
+
+    needs_teacher = False
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        num_branches: int = 2,
+        T: float = 3.0,
+        ce_weight: float = 1.0,
+        fusion_weight: float = 1.0,
+        kl_weight: float = 1.0,
+        rampup: float = _RAMPUP,
+    ) -> None:
+        _check_int("num_branches", num_branches, 2)
+        _check_T(T)
+        _check_rampup(rampup)
+        check_weights(
+            ce_weight=ce_weight, fusion_weight=fusion_weight, kl_weight=kl_weight
+        )
+        _check_branchable(student, "FFL")
+        super().__init__(student, None)
+        self.num_branches, self.T, self.rampup = num_branches, T, rampup
+        self.ce_weight, self.fusion_weight = ce_weight, fusion_weight
+        self.kl_weight = kl_weight
+        self.layer3s = nn.ModuleList(
+            fresh_copy(student.layer3) for _ in range(num_branches - 1)
+        )
+        self.fcs = nn.ModuleList(
+            fresh_copy(student.fc) for _ in range(num_branches - 1)
+        )
+        fc = student.fc
+        self.fusion = FusionModule(fc.in_features, num_branches, fc.out_features)
+        self.ramp = 1.0
+
+    def hparams(self) -> dict:
+        return dict(
+            num_branches=self.num_branches,
+            T=self.T,
+            ce_weight=self.ce_weight,
+            fusion_weight=self.fusion_weight,
+            kl_weight=self.kl_weight,
+            rampup=self.rampup,
+        )
+
+    def on_epoch(self, epoch: int, epochs: int) -> None:
+        self.ramp = sigmoid_rampup(epoch, self.rampup * epochs)
+
+    def members(self) -> list[nn.Module]:
+        """Every branch as a plain classifier (sharing the trunk), the student first."""
+        return [self.student] + [
+            _Branch(self.student, l3, fc)
+            for l3, fc in zip(self.layer3s, self.fcs, strict=True)
+        ]
+
+    def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """All branches' logits ``(B, m, K)`` and the fused classifier's ``(B, K)``."""
+        with capture(self.student, ["layer2", "layer3"]) as feats:
+            z0 = self.student(x)
+        h, maps = feats["layer2"], [feats["layer3"]]
+        zs = [z0]
+        for l3, fc in zip(self.layer3s, self.fcs, strict=True):
+            maps.append(l3(h))
+            zs.append(fc(self.student.pool(maps[-1])))
+        return torch.stack(zs, 1), self.fusion(maps)
+
+    def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
+        logits, fused = self.branches(x)
+        target = fused.detach()
+        ces = [F.cross_entropy(logits[:, i], y) for i in range(self.num_branches)]
+        kls = [
+            online_kl_loss(logits[:, i], target, self.T)
+            for i in range(self.num_branches)
+        ]
+        kl_weight = self.kl_weight * self.ramp
+        ensemble = logits.mean(1).detach()
+        return logits[:, 0], {
+            "ce": self.ce_weight * ces[0],
+            "kl": kl_weight * kls[0],
+            "branches_ce": self.ce_weight * sum(ces[1:]),
+            "branches_kl": kl_weight * sum(kls[1:]),
+            "fusion_ce": self.fusion_weight * F.cross_entropy(fused, y),
+            "fusion_kl": kl_weight * online_kl_loss(fused, ensemble, self.T),
         }
