@@ -1,7 +1,16 @@
 """Distillation methods: the base class, the registry, one module per family."""
 
 # Importing a family's module registers its methods.
-from . import extracting, fitting, online, output, relation, small, traditional  # noqa: F401
+from . import (  # noqa: F401
+    extracting,
+    fitting,
+    online,
+    output,
+    relation,
+    selfkd,
+    small,
+    traditional,
+)
 from .base import METHODS, Distiller, check_weights, get_method, register
 
 __all__ = ["METHODS", "Distiller", "check_weights", "get_method", "register", "build"]

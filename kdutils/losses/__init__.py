@@ -18,11 +18,24 @@ from .feature import *  # noqa: F403
 from .feature import __all__ as _feature
 from .improved import *  # noqa: F403
 from .improved import __all__ as _improved
+from .multi import *  # noqa: F403
+from .multi import __all__ as _multi
 from .online import *  # noqa: F403
 from .online import __all__ as _online
 from .output import *  # noqa: F403
 from .output import __all__ as _output
 from .relation import *  # noqa: F403
 from .relation import __all__ as _relation
+from .selfkd import *  # noqa: F403
+from .selfkd import __all__ as _selfkd
 
-__all__ = [*_output, *_improved, *_feature, *_extract, *_relation, *_online]
+__all__ = [
+    *_output,
+    *_improved,
+    *_feature,
+    *_extract,
+    *_relation,
+    *_online,
+    *_selfkd,
+    *_multi,
+]

@@ -8,7 +8,9 @@ models a user can change, and returns the results of every stage.
 
 from .assistants import *  # noqa: F403
 from .assistants import __all__ as _assistants
+from .born_again import *  # noqa: F403
+from .born_again import __all__ as _born_again
 from .nas import *  # noqa: F403
 from .nas import __all__ as _nas
 
-__all__ = [*_assistants, *_nas]
+__all__ = [*_assistants, *_born_again, *_nas]
