@@ -4,6 +4,7 @@
 from . import (  # noqa: F401
     extracting,
     fitting,
+    multi,
     online,
     output,
     relation,

@@ -82,15 +82,15 @@ def teacher_attention_weights(emb: Tensor, theta: Tensor, w: Tensor) -> Tensor:
 
     Reference: ``liu2020adaptive``; survey section 2.3.3.
     """
-    if emb.dim() != 2 or theta.dim() != 2 or w.shape != (emb.shape[1],):
+    if (
+        emb.dim() != 2
+        or theta.dim() != 2
+        or theta.shape[1] != emb.shape[1]
+        or w.shape != (emb.shape[1],)
+    ):
         raise ValueError(
             "teacher_attention_weights: expected emb (B, D), theta (M, D), w (D,), "
             f"got {tuple(emb.shape)}, {tuple(theta.shape)}, {tuple(w.shape)}"
-        )
-    if theta.shape[1] != emb.shape[1]:
-        raise ValueError(
-            f"teacher_attention_weights: theta has {theta.shape[1]} dimensions, the "
-            f"embedding {emb.shape[1]}"
         )
     scores = (emb.unsqueeze(1) * theta.unsqueeze(0)) @ w  # (B, M, D) @ (D,) -> (B, M)
     return torch.softmax(scores, dim=1)
