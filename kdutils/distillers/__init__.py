@@ -7,6 +7,7 @@ from . import (  # noqa: F401
     multi,
     online,
     output,
+    progressive,
     relation,
     selfkd,
     small,

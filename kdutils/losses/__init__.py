@@ -24,6 +24,8 @@ from .online import *  # noqa: F403
 from .online import __all__ as _online
 from .output import *  # noqa: F403
 from .output import __all__ as _output
+from .progressive import *  # noqa: F403
+from .progressive import __all__ as _progressive
 from .relation import *  # noqa: F403
 from .relation import __all__ as _relation
 from .selfkd import *  # noqa: F403
@@ -38,4 +40,5 @@ __all__ = [
     *_online,
     *_selfkd,
     *_multi,
+    *_progressive,
 ]

@@ -12,5 +12,7 @@ from .born_again import *  # noqa: F403
 from .born_again import __all__ as _born_again
 from .nas import *  # noqa: F403
 from .nas import __all__ as _nas
+from .progressive import *  # noqa: F403
+from .progressive import __all__ as _progressive
 
-__all__ = [*_assistants, *_born_again, *_nas]
+__all__ = [*_assistants, *_born_again, *_nas, *_progressive]
