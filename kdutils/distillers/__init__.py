@@ -2,6 +2,7 @@
 
 # Importing a family's module registers its methods.
 from . import (  # noqa: F401
+    adversarial,
     extracting,
     fitting,
     multi,

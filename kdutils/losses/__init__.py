@@ -12,6 +12,8 @@ extracted from feature maps, 2.2.2), ``relation`` (structure between samples,
 2.2.3). A method's cached runs depend only on the modules it imports.
 """
 
+from .adversarial import *  # noqa: F403
+from .adversarial import __all__ as _adversarial
 from .extract import *  # noqa: F403
 from .extract import __all__ as _extract
 from .feature import *  # noqa: F403
@@ -41,4 +43,5 @@ __all__ = [
     *_selfkd,
     *_multi,
     *_progressive,
+    *_adversarial,
 ]
