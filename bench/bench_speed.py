@@ -365,6 +365,11 @@ def main() -> None:
     p.add_argument(
         "--amp", action="store_true", help="add kdutils+bf16 on CPU (always on CUDA)"
     )
+    p.add_argument(
+        "--save",
+        metavar="PATH",
+        help="also write the figures, with their provenance, as JSON to PATH",
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -461,6 +466,11 @@ def _bench(args, tmp: Path) -> None:
     if "kd-3x32" in results:
         unit = "GPU-hours" if args.device == "cuda" else "CPU-hours on this machine"
         runs = 16 * 3 + 1  # Table 1's rows x seeds, plus the shared ResNet56 teacher
+        results["projected_paper_table1_hours"] = {
+            label: runs * 240 * PAPER_TRAIN / r["img_s"] / 3600
+            for label, r in results["kd-3x32"].items()
+            if "img_s" in r
+        }
         print(
             f"projected paper Table 1 ({runs} runs x 240 epochs x {PAPER_TRAIN} images, "
             "each at the measured 3x32x32 KD rate; evaluation and feature methods' "
@@ -482,6 +492,9 @@ def _bench(args, tmp: Path) -> None:
                 print(f"profile ({v}) failed: {prof['error']}")
                 continue
             label = "kdutils" if v == "plain" else f"kdutils+{v}"
+            results.setdefault("profile", {})[label] = {
+                k: prof[k] for k in ("ms_per_step", "parts")
+            }
             print(
                 f"\nwhere a {label} KD step goes (kd-3x32, batch 64, "
                 f"{prof['ms_per_step']:.0f} ms/step, synchronised timers):"
@@ -491,6 +504,28 @@ def _bench(args, tmp: Path) -> None:
             if v == "plain":
                 print("top operators (torch.profiler, 5 steps):")
                 print(prof["table"])
+    if args.save:
+        _save(args, results, where)
+
+
+def _save(args, results: dict, where: str) -> None:
+    """Write the figures and their provenance (commit, machine, date) as JSON."""
+    from kdutils.results import atomic_write_bytes
+    from kdutils.train import provenance
+
+    prov = provenance(torch.device(args.device))
+    prov.pop("code_hash")
+    prov["machine"] = where
+    prov["load_average_at_end"] = os.getloadavg()[0]
+    record = {
+        "args": {k: v for k, v in vars(args).items() if k not in ("child", "save")},
+        "provenance": prov,
+        "results": results,
+    }
+    path = Path(args.save)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(record, indent=1) + "\n").encode())
+    print(f"figures written to {path}")
 
 
 if __name__ == "__main__":
