@@ -181,33 +181,44 @@ def test_probability_shift_swaps_the_top_class_and_the_label():
 # Prime-aware adaptive distillation
 
 
-def pad_reference(s, t, log_var) -> float:
+def pad_reference(s, t, log_var, eps=1e-5) -> float:
     s, t, lv = _np(s), _np(t), _np(log_var)
     if lv.ndim == 1:
         lv = np.repeat(lv[:, None], s.shape[1], axis=1)
     total = 0.0
     for b in range(s.shape[0]):
         for d in range(s.shape[1]):
-            total += (s[b, d] - t[b, d]) ** 2 / np.exp(lv[b, d]) + lv[b, d]
+            total += (s[b, d] - t[b, d]) ** 2 / (np.exp(lv[b, d]) + eps) + lv[b, d]
     return total / s.size
 
 
 @pytest.mark.parametrize("per_dim", [False, True])
-def test_pad_equals_the_gaussian_likelihood(per_dim):
+@pytest.mark.parametrize("eps", [0.0, 1e-5, 0.3])
+def test_pad_equals_the_gaussian_likelihood(per_dim, eps):
     s, t, lv = _logits(11)
     log_var = lv if per_dim else lv[:, 0]
-    got = losses.pad_loss(s, t, log_var)
-    assert got.item() == pytest.approx(pad_reference(s, t, log_var), rel=1e-12)
+    got = losses.pad_loss(s, t, log_var, eps=eps)
+    assert got.item() == pytest.approx(pad_reference(s, t, log_var, eps), rel=1e-12)
 
 
 def test_pad_with_unit_variance_is_mse_and_its_best_variance_is_the_gap():
     s, t, _ = _logits(12)
     zero = torch.zeros(len(s), dtype=s.dtype)
-    torch.testing.assert_close(losses.pad_loss(s, t, zero), F.mse_loss(s, t))
+    torch.testing.assert_close(losses.pad_loss(s, t, zero, eps=0.0), F.mse_loss(s, t))
     # d/d(log var) vanishes where sigma_b^2 = mean_d (s - t)^2.
     best = ((s - t) ** 2).mean(1).log().requires_grad_(True)
-    losses.pad_loss(s, t, best).backward()
+    losses.pad_loss(s, t, best, eps=0.0).backward()
     torch.testing.assert_close(best.grad, torch.zeros_like(best.grad))
+
+
+def test_pad_eps_bounds_the_weight_of_a_vanishing_variance():
+    s, t, _ = _logits(14)
+    tiny = torch.full((len(s), s.shape[1]), -200.0, dtype=s.dtype)
+    got = losses.pad_loss(s, t, tiny)  # 1 / (e^-200 + 1e-5) ~ 1e5, not e^200
+    assert torch.isfinite(got)
+    assert got.item() == pytest.approx(pad_reference(s, t, tiny), rel=1e-9)
+    with pytest.raises(ValueError, match="eps must be >= 0"):
+        losses.pad_loss(s, t, tiny, eps=-1.0)
 
 
 def test_pad_rejects_a_log_variance_of_the_wrong_shape():
@@ -370,16 +381,36 @@ def test_dtd_distiller_terms(shift):
     torch.testing.assert_close(terms["kd"], 0.9 * losses.dtd_loss(logits_s, logits_t))
 
 
-def test_pad_distiller_starts_as_mse_and_trains_its_variance_head():
+def test_pad_distiller_is_the_likelihood_of_the_pooled_embeddings():
     student, teacher = _models()
-    d = kd.build("pad", student, teacher).train()
+    d = kd.build("pad", student, teacher, pad_weight=2.0).train()
     x, y = _batch()
     logits_s, terms = d(x, y)
-    with torch.no_grad():
-        logits_t = teacher(x)
-    torch.testing.assert_close(terms["pad"], F.mse_loss(logits_s, logits_t))
+    with torch.no_grad(), kd.capture(teacher, ["pool"]) as ft:
+        teacher(x)
+    with kd.capture(student, ["pool"]) as fs:
+        student(x)
+    # The head: a linear layer, then batch norm in training mode (batch statistics).
+    z = _np(d.log_var_head[0](fs["pool"]))
+    lv = (z - z.mean(0)) / np.sqrt(z.var(0) + d.log_var_head[1].eps)
+    lv = lv * _np(d.log_var_head[1].weight) + _np(d.log_var_head[1].bias)
+    want = 2.0 * pad_reference(fs["pool"], ft["pool"], torch.from_numpy(lv))
+    assert terms["pad"].item() == pytest.approx(want, rel=1e-4)
+    torch.testing.assert_close(terms["ce"], F.cross_entropy(logits_s, y))
     sum(terms.values()).backward()
-    assert d.log_var_head.weight.grad.abs().sum() > 0
+    assert d.log_var_head[0].weight.grad.abs().sum() > 0
+    assert d.teacher_layers == ("pool",)
+
+
+def test_pad_refuses_embeddings_of_different_widths():
+    student = kd.create_model("resnet8", num_classes=CLASSES, in_channels=CHANNELS)
+    wide = kd.create_model(
+        "resnet8_w16-32-64-128", num_classes=CLASSES, in_channels=CHANNELS
+    )
+    with pytest.raises(
+        ValueError, match=r"student pool \(64,\) != teacher pool \(128,\)"
+    ):
+        kd.build("pad", student, wide)
 
 
 def test_triplet_distiller_terms_and_a_batch_of_one_class():
@@ -456,6 +487,7 @@ def test_unix_mixed_label_cross_entropy():
         ("triplet", dict(margin=-1.0)),
         ("triplet", dict(triplet_weight=-1.0)),
         ("pad", dict(pad_weight=-0.5)),
+        ("pad", dict(eps=-1.0)),
         ("dtd", dict(beta=-1.0)),
     ],
 )

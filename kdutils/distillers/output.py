@@ -113,17 +113,20 @@ class DTD(Distiller):
 
 @register("pad", section="2.1")
 class PAD(Distiller):
-    """Prime-aware adaptive distillation (Zhang et al. 2020b) on the logits.
+    """Prime-aware adaptive distillation (Zhang et al. 2020b) on the embeddings.
 
-    ``ce_weight * CE + pad_weight * mean[(l_S - l_T)^2 / sigma^2 + log sigma^2]``
-    (:func:`kdutils.losses.pad_loss`): the gap between the student's and the
-    teacher's outputs is modelled as a Gaussian whose variance ``sigma_b^2``
-    a linear head predicts for each sample from the student's embedding (the
-    ``pool`` output); samples with a small variance weigh more. The paper
-    applies the same likelihood to feature vectors; following the survey's
-    description it is applied here to the logits. The head starts at
-    ``log sigma^2 = 0`` (plain MSE). Weights 1.0 and 1.0: the paper's values
-    for this form could not be checked.
+    ``ce_weight * CE + pad_weight * mean_{b,d}[(f_S - f_T)^2 / (sigma^2 + eps)
+    + log sigma^2]`` (:func:`kdutils.losses.pad_loss`) on the pooled
+    embeddings ``f`` (the ``pool`` output, the feature vector the paper
+    distils): the gap between the student's and the teacher's embedding is
+    modelled as a Gaussian whose variance ``sigma_bd^2`` a head predicts for
+    every sample and dimension from the student's embedding; samples with a
+    small variance (the "prime" ones) weigh more. The head is a linear layer
+    followed by batch normalisation, as in the public PAD code (the authors
+    released none), which also adds ``eps = 1e-5`` to the variance; both keep
+    the variances from collapsing. The two embeddings must have the same
+    width (no connector, as in that code): otherwise a ``ValueError``. Weights
+    1.0 and 1.0: the paper's values could not be checked.
     """
 
     def __init__(
@@ -132,26 +135,35 @@ class PAD(Distiller):
         teacher: nn.Module,
         ce_weight: float = 1.0,
         pad_weight: float = 1.0,
+        eps: float = 1e-5,
     ) -> None:
         check_weights(ce_weight=ce_weight, pad_weight=pad_weight)
+        if eps < 0:
+            raise ValueError(f"eps must be >= 0, got {eps}")
         super().__init__(student, teacher)
-        self.ce_weight, self.pad_weight = ce_weight, pad_weight
-        # (B, D) embedding -> (B, 1) log-variance; zero init: sigma^2 = 1 at first.
-        self.log_var_head = nn.Linear(student.fc.in_features, 1)
-        nn.init.zeros_(self.log_var_head.weight)
-        nn.init.zeros_(self.log_var_head.bias)
+        self.ce_weight, self.pad_weight, self.eps = ce_weight, pad_weight, eps
+        d_s, d_t = student.fc.in_features, teacher.fc.in_features
+        if d_s != d_t:
+            raise ValueError(
+                f"PAD compares the pooled embeddings without a connector: "
+                f"student pool ({d_s},) != teacher pool ({d_t},)"
+            )
+        self.teacher_layers = ("pool",)
+        # (B, D) student embedding -> (B, D) log-variance.
+        self.log_var_head = nn.Sequential(nn.Linear(d_s, d_s), nn.BatchNorm1d(d_s))
 
     def hparams(self) -> dict:
-        return dict(ce_weight=self.ce_weight, pad_weight=self.pad_weight)
+        return dict(ce_weight=self.ce_weight, pad_weight=self.pad_weight, eps=self.eps)
 
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         with capture(self.student, ["pool"]) as feats:
             logits_s = self.student(x)
-        log_var = self.log_var_head(feats["pool"]).squeeze(1)  # (B,)
-        logits_t = _teacher_logits(self, x, teacher_out)
+        f_s = feats["pool"]
+        t = teacher_out if teacher_out is not None else self.teacher_outputs(x)
+        log_var = self.log_var_head(f_s)  # (B, D)
         return logits_s, {
             "ce": self.ce_weight * F.cross_entropy(logits_s, y),
-            "pad": self.pad_weight * pad_loss(logits_s, logits_t, log_var),
+            "pad": self.pad_weight * pad_loss(f_s, t["pool"], log_var, self.eps),
         }
 
 

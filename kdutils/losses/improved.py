@@ -154,15 +154,19 @@ def probability_shift(logits_t: Tensor, y: Tensor) -> Tensor:
     return out
 
 
-def pad_loss(out_s: Tensor, out_t: Tensor, log_var: Tensor) -> Tensor:
+def pad_loss(
+    out_s: Tensor, out_t: Tensor, log_var: Tensor, eps: float = 1e-5
+) -> Tensor:
     """Prime-aware adaptive distillation: a Gaussian likelihood with learned variance.
 
-    ``mean_{b,d} [ (s_bd - t_bd)^2 / sigma_b^2 + log sigma_b^2 ]`` with
-    ``log_var = log sigma^2`` either one per sample ``(B,)`` or one per sample
-    and dimension ``(B, D)``: twice the negative log-likelihood of the
-    teacher's output under ``N(student's output, sigma^2)``, constants dropped.
-    A sample with a small learned variance (a "prime" sample) weighs more.
-    Shapes ``(B, D), (B, D), (B,) or (B, D) -> ()``.
+    ``mean_{b,d} [ (s_bd - t_bd)^2 / (sigma_bd^2 + eps) + log sigma_bd^2 ]``
+    with ``log_var = log sigma^2`` either one per sample and dimension
+    ``(B, D)`` (the distiller's form) or one per sample ``(B,)``: twice the
+    negative log-likelihood of the teacher's output under ``N(student's output,
+    sigma^2)``, constants dropped. A sample with a small learned variance (a
+    "prime" sample) weighs more. ``eps`` (1e-5, as in the public PAD code)
+    bounds the weight ``1 / sigma^2`` so that a variance driven towards zero
+    cannot blow the loss up. Shapes ``(B, D), (B, D), (B, D) or (B,) -> ()``.
 
     Reference: ``zhang2020prime`` (no public code from the authors); survey 2.1.
     """
@@ -174,8 +178,10 @@ def pad_loss(out_s: Tensor, out_t: Tensor, log_var: Tensor) -> Tensor:
             f"log_var {tuple(log_var.shape)} must be (B,) or (B, D) for outputs "
             f"{tuple(out_s.shape)}"
         )
+    if eps < 0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
     sq = (out_s - out_t) ** 2  # (B, D)
-    return (sq * torch.exp(-log_var) + log_var).mean()
+    return (sq / (torch.exp(log_var) + eps) + log_var).mean()
 
 
 def triplet_kd_loss(
