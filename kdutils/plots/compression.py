@@ -14,6 +14,7 @@ from typing import Any
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 __all__ = ["planting_path", "search_front", "pruning_stages", "accuracy_vs_cost"]
 
@@ -157,7 +158,7 @@ def accuracy_vs_cost(
     logx: bool = True,
 ) -> Figure:
     """Every model of a chapter on one accuracy-against-cost plane, by group."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    fig, ax = plt.subplots(figsize=(8.6, 4.2))
     markers = "osD^vP*X"
     for i, (label, items) in enumerate(groups.items()):
         if not items:
@@ -168,8 +169,14 @@ def accuracy_vs_cost(
     ax.set_ylabel("test accuracy (%)")
     if logx:
         ax.set_xscale("log")
+        # Plain numbers (0.4, 1, 3), not powers of ten, on the log axis.
+        plain = FuncFormatter(lambda v, _pos: f"{v:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="x", which="minor", labelsize=7)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    # Outside the axes, so that no point hides behind it.
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if title:
         ax.set_title(title)
     fig.tight_layout()
