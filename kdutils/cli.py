@@ -138,13 +138,22 @@ def _reproduce(args) -> int:
     return 0
 
 
+def _section_key(section: str) -> tuple[int, ...]:
+    """ "2.2.3 (not in the survey)" -> (2, 2, 3), for listing in the survey's order."""
+    head = section.split()[0].rstrip(",") if section else ""
+    parts = [p for p in head.split(".") if p.isdigit()]
+    return tuple(int(p) for p in parts) if parts else (99,)
+
+
 def _methods() -> int:
     import kdutils as kd
 
     sections = {n: "§" + c.survey_section for n, c in kd.METHODS.items()}
     w = max(len("survey section"), *map(len, sections.values()))
     print(f"{'method':<10} {'survey section':<{w}} description")
-    for name, cls in kd.METHODS.items():
+    for name, cls in sorted(
+        kd.METHODS.items(), key=lambda item: _section_key(item[1].survey_section)
+    ):
         summary = (cls.__doc__ or "").strip().splitlines()[0]
         print(f"{name:<10} {sections[name]:<{w}} {summary}")
     return 0
