@@ -48,7 +48,13 @@ __all__ = [
 ]
 
 # Row-specific settings beyond the profile (Table 1's peers, branches, teachers).
-_ROW_ARGS: dict[str, dict[str, Any]] = {}
+# The online rows learn without a pre-trained teacher: their 3 students or
+# branches (the methods' defaults) train together, and one of them is scored.
+_ROW_ARGS: dict[str, dict[str, Any]] = {
+    "dml": {"teacher": None},
+    "one": {"teacher": None},
+    "okddip": {"teacher": None},
+}
 
 
 @dataclass(frozen=True)

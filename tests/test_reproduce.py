@@ -223,3 +223,13 @@ def test_ray_executor_gives_the_local_results(tmp_path, monkeypatch):
         "kd-s0.json",
         "resnet20-s0.json",
     ]
+
+
+def test_online_rows_train_without_a_teacher_and_with_three_students():
+    rows = {r.row: r for r in rep.table1_rows()}
+    for name in ("DML", "ONE", "OKDDip"):
+        cfg = rows[name].config("smoke", 0)
+        assert cfg.teacher is None, name
+        args = cfg.method_args
+        assert args.get("num_peers", args.get("num_branches")) == 3, (name, args)
+    assert rows["KD"].config("smoke", 0).teacher is not None
