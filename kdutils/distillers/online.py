@@ -139,6 +139,34 @@ class _Branch(nn.Module):
         return self.fc(s.pool(self.layer3(h)))
 
 
+class _Branched(Distiller):
+    """Online methods whose students are branches on the student's trunk.
+
+    ``_add_branches(count)`` adds ``count`` freshly initialised ``layer3`` +
+    ``fc`` branches; the KL weight ramps up over the first ``rampup`` of the
+    epochs (``self.ramp``, set by ``on_epoch``).
+    """
+
+    needs_teacher = False
+
+    def _add_branches(self, count: int) -> None:
+        self.layer3s = nn.ModuleList(
+            fresh_copy(self.student.layer3) for _ in range(count)
+        )
+        self.fcs = nn.ModuleList(fresh_copy(self.student.fc) for _ in range(count))
+        self.ramp = 1.0
+
+    def on_epoch(self, epoch: int, epochs: int) -> None:
+        self.ramp = sigmoid_rampup(epoch, self.rampup * epochs)
+
+    def members(self) -> list[nn.Module]:
+        """The student, then every branch, as plain classifiers (sharing the trunk)."""
+        return [self.student] + [
+            _Branch(self.student, l3, fc)
+            for l3, fc in zip(self.layer3s, self.fcs, strict=True)
+        ]
+
+
 @register("dml", section="2.3.1")
 class DML(Distiller):
     """Deep mutual learning: peers teach each other (Zhang et al. 2018).
@@ -204,7 +232,7 @@ class DML(Distiller):
 
 
 @register("one", section="2.3.1")
-class ONE(Distiller):
+class ONE(_Branched):
     """On-the-fly native ensemble: gated branches teach each branch (Lan et al. 2018).
 
     The student's stem, layer1 and layer2 are a trunk shared by
@@ -224,8 +252,6 @@ class ONE(Distiller):
     branch 0. Terms: ``ce``, ``kl`` (branch 0), ``branches_ce``,
     ``branches_kl`` (the others, summed), ``ensemble_ce``.
     """
-
-    needs_teacher = False
 
     def __init__(
         self,
@@ -249,16 +275,10 @@ class ONE(Distiller):
         self.num_branches, self.T, self.rampup = num_branches, T, rampup
         self.ce_weight, self.ensemble_weight = ce_weight, ensemble_weight
         self.kl_weight = kl_weight
-        self.layer3s = nn.ModuleList(
-            fresh_copy(student.layer3) for _ in range(num_branches - 1)
-        )
-        self.fcs = nn.ModuleList(
-            fresh_copy(student.fc) for _ in range(num_branches - 1)
-        )
+        self._add_branches(num_branches - 1)
         self.gate = nn.Sequential(
             nn.Linear(channels, num_branches), nn.BatchNorm1d(num_branches), nn.ReLU()
         )
-        self.ramp = 1.0
 
     def hparams(self) -> dict:
         return dict(
@@ -269,16 +289,6 @@ class ONE(Distiller):
             kl_weight=self.kl_weight,
             rampup=self.rampup,
         )
-
-    def on_epoch(self, epoch: int, epochs: int) -> None:
-        self.ramp = sigmoid_rampup(epoch, self.rampup * epochs)
-
-    def members(self) -> list[nn.Module]:
-        """Every branch as a plain classifier (sharing the trunk), the student first."""
-        return [self.student] + [
-            _Branch(self.student, l3, fc)
-            for l3, fc in zip(self.layer3s, self.fcs, strict=True)
-        ]
 
     def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """All branches' logits ``(B, m, K)`` and the gate ``(B, m)``."""
@@ -321,7 +331,7 @@ class ONE(Distiller):
 
 
 @register("okddip", section="2.3.1")
-class OKDDip(Distiller):
+class OKDDip(_Branched):
     """Online distillation with diverse peers and a group leader (Chen et al. 2020).
 
     The student's stem, layer1 and layer2 are a trunk shared by ``num_peers``
@@ -345,8 +355,6 @@ class OKDDip(Distiller):
     network the paper uses for inference. Terms: ``ce``, ``kl`` (the leader),
     ``peers_ce``, ``peers_kl`` (the peers, summed).
     """
-
-    needs_teacher = False
 
     def __init__(
         self,
@@ -375,13 +383,9 @@ class OKDDip(Distiller):
         self.num_peers, self.T, self.rampup = num_peers, T, rampup
         self.proj_factor = proj_factor
         self.ce_weight, self.kl_weight = ce_weight, kl_weight
-        self.layer3s = nn.ModuleList(
-            fresh_copy(student.layer3) for _ in range(num_peers)
-        )
-        self.fcs = nn.ModuleList(fresh_copy(student.fc) for _ in range(num_peers))
+        self._add_branches(num_peers)
         self.query = nn.Linear(width, width // proj_factor, bias=False)
         self.key = nn.Linear(width, width // proj_factor, bias=False)
-        self.ramp = 1.0
         self.last_attention: Tensor | None = None
 
     def hparams(self) -> dict:
@@ -393,16 +397,6 @@ class OKDDip(Distiller):
             rampup=self.rampup,
             proj_factor=self.proj_factor,
         )
-
-    def on_epoch(self, epoch: int, epochs: int) -> None:
-        self.ramp = sigmoid_rampup(epoch, self.rampup * epochs)
-
-    def members(self) -> list[nn.Module]:
-        """The leader (the student), then every peer, as plain classifiers."""
-        return [self.student] + [
-            _Branch(self.student, l3, fc)
-            for l3, fc in zip(self.layer3s, self.fcs, strict=True)
-        ]
 
     def group(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Leader logits ``(B, K)``, peer logits ``(B, m, K)``, the peers'
@@ -457,7 +451,7 @@ class FusionModule(nn.Module):
 
 
 @register("ffl", section="2.3.1")
-class FFL(Distiller):
+class FFL(_Branched):
     """Feature fusion learning: a fused classifier and its branches (Kim et al. 2021).
 
     The student's stem, layer1 and layer2 are a trunk shared by
@@ -478,8 +472,6 @@ class FFL(Distiller):
     Terms: ``ce``, ``kl`` (branch 0), ``branches_ce``, ``branches_kl`` (the
     others, summed), ``fusion_ce``, ``fusion_kl``.
     """
-
-    needs_teacher = False
 
     def __init__(
         self,
@@ -503,15 +495,9 @@ class FFL(Distiller):
         self.num_branches, self.T, self.rampup = num_branches, T, rampup
         self.ce_weight, self.fusion_weight = ce_weight, fusion_weight
         self.kl_weight = kl_weight
-        self.layer3s = nn.ModuleList(
-            fresh_copy(student.layer3) for _ in range(num_branches - 1)
-        )
-        self.fcs = nn.ModuleList(
-            fresh_copy(student.fc) for _ in range(num_branches - 1)
-        )
+        self._add_branches(num_branches - 1)
         fc = student.fc
         self.fusion = FusionModule(fc.in_features, num_branches, fc.out_features)
-        self.ramp = 1.0
 
     def hparams(self) -> dict:
         return dict(
@@ -522,16 +508,6 @@ class FFL(Distiller):
             kl_weight=self.kl_weight,
             rampup=self.rampup,
         )
-
-    def on_epoch(self, epoch: int, epochs: int) -> None:
-        self.ramp = sigmoid_rampup(epoch, self.rampup * epochs)
-
-    def members(self) -> list[nn.Module]:
-        """Every branch as a plain classifier (sharing the trunk), the student first."""
-        return [self.student] + [
-            _Branch(self.student, l3, fc)
-            for l3, fc in zip(self.layer3s, self.fcs, strict=True)
-        ]
 
     def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """All branches' logits ``(B, m, K)`` and the fused classifier's ``(B, K)``."""
