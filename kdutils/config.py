@@ -49,18 +49,30 @@ class Config:
     # first one's architecture.
     teacher_runs: tuple[str, ...] = ()
     eval_every: int = 1  # test-set evaluation every N epochs (and after the last)
+    # Epochs after which the student's weights are also kept (``model-e<N>.pt``),
+    # e.g. a teacher's route for route-constrained KD; see ``load_run("id@eN")``.
+    save_epochs: tuple[int, ...] = ()
     profile: str = "paper"
 
     def __post_init__(self) -> None:
         # Normalise containers so equal configs compare and hash equally.
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
         object.__setattr__(self, "teacher_runs", tuple(self.teacher_runs))
+        object.__setattr__(self, "save_epochs", tuple(self.save_epochs))
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.eval_every < 1:
             raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
+        if any(
+            isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= self.epochs
+            for e in self.save_epochs
+        ) or list(self.save_epochs) != sorted(set(self.save_epochs)):
+            raise ValueError(
+                f"save_epochs must be increasing epochs in 1..{self.epochs}, "
+                f"got {list(self.save_epochs)}"
+            )
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.schedule not in ("step", "cosine"):
@@ -79,6 +91,11 @@ class Config:
         d = dataclasses.asdict(self)
         d["milestones"] = list(self.milestones)
         d["teacher_runs"] = list(self.teacher_runs)
+        d["save_epochs"] = list(self.save_epochs)
+        if not self.save_epochs:
+            # Left out when empty, so the configs (and cache keys) of runs from
+            # before this field existed stay what they were.
+            del d["save_epochs"]
         return d
 
     @classmethod
@@ -98,8 +115,10 @@ class Config:
     @property
     def name(self) -> str:
         """Readable run name, e.g. ``kd-resnet56-resnet20-fashion-mnist-s0``."""
+        from .distillers import get_method
+
         parts = [self.method]
-        if self.teacher and self.method != "ce":
+        if self.teacher and get_method(self.method).needs_teacher:
             parts.append(self.teacher)
         parts += [self.student, self.dataset]
         defaults = method_defaults(self.method)
@@ -168,6 +187,14 @@ def make_config(profile: str = "quick", **overrides: Any) -> Config:
     for k in list(overrides):
         if k not in fields:
             method_args[k] = overrides.pop(k)
+    method = overrides.get("method", Config.method)
+    if method != "ce" and "teacher" not in overrides:
+        from .distillers import METHODS
+
+        if method in METHODS and not METHODS[method].needs_teacher:
+            # Online and self-distillation have no teacher: leave the profile's
+            # out, so one experiment has one config (and one cache key).
+            base["teacher"] = None
     return Config(**{**base, **overrides, "method_args": method_args})
 
 
@@ -248,4 +275,5 @@ def teacher_config(cfg: Config) -> Config:
         teacher_epochs=None,
         teacher_runs=(),
         eval_every=epochs,
+        save_epochs=(),
     )

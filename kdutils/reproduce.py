@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from .config import Config, make_config, teacher_config
-from .distillers import METHODS
+from .distillers import METHODS, get_method
 from .results import Result, atomic_write_bytes, survey_table1
 
 __all__ = [
@@ -190,7 +190,11 @@ def _run_ray(
     # each worker receiving the teachers' weights with its task.
     teacher_cfgs: dict[str, Config] = {}
     for t in tasks:
-        if t.cfg.method != "ce" and t.cfg.teacher is not None:
+        if (
+            get_method(t.cfg.method).needs_teacher
+            and t.cfg.teacher is not None
+            and not t.cfg.teacher_runs
+        ):
             tc = teacher_config(t.cfg)
             teacher_cfgs[tc.key_json()] = tc
     blobs: list[tuple[dict, bytes]] = []

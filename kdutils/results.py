@@ -53,8 +53,14 @@ class Result:
     final: dict[str, Any]
     provenance: dict[str, Any]
     teacher: dict[str, Any] | None = None
+    # Set by scripts/rekey_cache.py when a run was carried over to a new code
+    # version verified to compute the same (old key, old code hash, commit).
+    rekeyed: dict[str, Any] | None = None
     path: str | None = field(default=None, compare=False)  # run folder, not saved
     from_cache: bool = field(default=False, compare=False)
+    # Set by ``load_run("<folder>@e<N>")``: the student after epoch N of this
+    # run (one of its ``save_epochs``), not the final one. Not saved.
+    epoch: int | None = field(default=None, compare=False)
 
     @property
     def cfg(self) -> Config:
@@ -62,11 +68,13 @@ class Result:
 
     @property
     def test_acc(self) -> float:
+        if self.epoch is not None:
+            return self.history[self.epoch - 1]["test_acc"]
         return self.final["test_acc"]
 
     def to_json(self) -> str:
         d = asdict(self)
-        d.pop("path"), d.pop("from_cache")
+        d.pop("path"), d.pop("from_cache"), d.pop("epoch")
         return json.dumps(d, indent=1, sort_keys=True)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -85,14 +93,16 @@ class Result:
         if self.path is None:
             raise ValueError("this result has no run folder to load weights from")
         model = build_model(self.cfg.student, self.cfg.dataset)
+        weights = "model.pt" if self.epoch is None else f"model-e{self.epoch}.pt"
         state = torch.load(
-            Path(self.path) / "model.pt", map_location=device, weights_only=True
+            Path(self.path) / weights, map_location=device, weights_only=True
         )
         model.load_state_dict(state)
         return model.to(device).eval()
 
     def __repr__(self) -> str:
-        return f"Result({self.name}: test acc {100 * self.test_acc:.2f}%)"
+        at = "" if self.epoch is None else f" after epoch {self.epoch}"
+        return f"Result({self.name}{at}: test acc {100 * self.test_acc:.2f}%)"
 
 
 def load_results(folder: str | os.PathLike) -> list[Result]:

@@ -245,6 +245,11 @@ def _make_optimizer(distiller: Distiller, cfg: Config):
     return opt, sched
 
 
+def _overrides(distiller: Distiller, hook: str) -> bool:
+    """Whether ``distiller``'s class overrides the base class's ``hook``."""
+    return getattr(type(distiller), hook) is not getattr(Distiller, hook)
+
+
 def _trainable_state(distiller: Distiller) -> dict[str, Tensor]:
     # Teachers are frozen and restored from their own run: leave them out.
     return {
@@ -281,6 +286,7 @@ def fit(
     teacher_out: dict[str, Tensor] | None = None,
     progress: bool = True,
     amp: str | None = None,
+    save_dir: Path | None = None,
 ) -> list[dict]:
     """Train ``distiller`` for ``cfg.epochs``; return the per-epoch history.
 
@@ -291,9 +297,17 @@ def fit(
     dataset order; each batch's slice replaces the teacher's forward pass.
     ``amp`` (``"bf16"``, ``"fp16"``, CUDA only, or None) runs the forward
     passes and the losses under autocast; fp16 adds a gradient scaler, whose
-    state the checkpoint keeps.
+    state the checkpoint keeps. After each epoch in ``cfg.save_epochs`` the
+    student's weights go to ``save_dir / "model-e<epoch>.pt"``.
+
+    Two optional hooks of the Distiller: :meth:`~Distiller.lr_factor` scales
+    the scheduled learning rate epoch by epoch, and what it puts in
+    ``step_metrics`` or returns from :meth:`~Distiller.epoch_metrics` is
+    recorded in the history as ``metric_<name>`` (never added to the loss).
     """
     device = next(distiller.student.parameters()).device
+    lr_hook = _overrides(distiller, "lr_factor")
+    metrics_hook = _overrides(distiller, "epoch_metrics")
     check_amp(amp, device)
     autocast = (
         (lambda: torch.autocast(device.type, dtype=AMP_DTYPES[amp]))
@@ -341,10 +355,16 @@ def fit(
         t0 = time.perf_counter()
         distiller.train()
         distiller.on_epoch(epoch, cfg.epochs)
+        if lr_hook:
+            factor = float(distiller.lr_factor(epoch, cfg.epochs))
+            for g, base in zip(opt.param_groups, sched.get_last_lr(), strict=True):
+                g["lr"] = base * factor
         train_loader.set_epoch(epoch)
         # Running sums stay on the device (float64, as Python floats were), so
         # the only host synchronisation per step is the finiteness check.
         sums: dict[str, Tensor] = {}
+        msums: dict[str, Tensor] = {}
+        distiller.step_metrics = {}
         correct = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
         for step, (x, y, idx) in enumerate(train_loader):
@@ -380,9 +400,16 @@ def fit(
                     term = v.detach().double() * len(y)
                     sums[k] = sums[k] + term if k in sums else term
                 correct += (logits_s.argmax(1) == y).sum()
+                for k, v in distiller.step_metrics.items():
+                    m = v.detach().double() * len(y)
+                    msums[k] = msums[k] + m if k in msums else m
+                distiller.step_metrics = {}
             seen += len(y)
             bar.update(1)
         lr = opt.param_groups[0]["lr"]
+        if lr_hook:  # the scheduler steps from its own rate, not the scaled one
+            for g, base in zip(opt.param_groups, sched.get_last_lr(), strict=True):
+                g["lr"] = base
         sched.step()
         evaluated = epoch + 1 == cfg.epochs or (epoch + 1) % cfg.eval_every == 0
         ev = (
@@ -390,6 +417,14 @@ def fit(
             if evaluated
             else {"acc": None, "loss": None}
         )
+        extra: dict[str, float] = {}
+        if metrics_hook:
+            distiller.eval()
+            with torch.no_grad():
+                extra = {
+                    f"metric_{k}": float(v)
+                    for k, v in distiller.epoch_metrics(test).items()
+                }
         record = {
             "epoch": epoch + 1,
             "lr": lr,
@@ -397,9 +432,15 @@ def fit(
             **{f"train_{k}": v.item() / seen for k, v in sums.items()},
             "test_acc": ev["acc"],
             "test_loss": ev["loss"],
+            **{f"metric_{k}": v.item() / seen for k, v in msums.items()},
+            **extra,
             "seconds": time.perf_counter() - t0,
         }
         history.append(record)
+        if save_dir is not None and epoch + 1 in cfg.save_epochs:
+            buf = io.BytesIO()
+            torch.save(distiller.student.state_dict(), buf)
+            atomic_write_bytes(save_dir / f"model-e{epoch + 1}.pt", buf.getvalue())
         if evaluated:
             bar.set_postfix(epoch=epoch + 1, test_acc=f"{100 * ev['acc']:.2f}")
         if checkpoint is not None:
@@ -474,7 +515,8 @@ def _teacher_train_logits(
     t_res: Result, teacher: nn.Module, train: kdata.TensorData
 ) -> Tensor:
     """The teacher's logits on the (unaugmented) training set, cached in its run folder."""
-    path = Path(t_res.path) / "train_logits.pt"
+    suffix = "" if t_res.epoch is None else f"-e{t_res.epoch}"
+    path = Path(t_res.path) / f"train_logits{suffix}.pt"
     if path.exists():
         logits = torch.load(path, weights_only=True)
         if logits.shape[0] == len(train):
@@ -496,10 +538,17 @@ FEATURE_CACHE_BYTES = int(float(os.environ.get("KD_FEATURE_CACHE_GB", "3")) * 2*
 
 @torch.no_grad()
 def _teacher_train_features(
-    distiller: Distiller, train: kdata.TensorData, channels_last: bool
+    distiller: Distiller,
+    train: kdata.TensorData,
+    channels_last: bool,
+    keys: tuple[str, ...] | None = None,
 ) -> dict[str, Tensor] | None:
-    """``distiller.teacher_layers`` outputs on the training set, or None if too big."""
-    layers = distiller.teacher_layers
+    """``distiller.teacher_layers`` outputs on the training set, or None if too big.
+
+    ``keys`` names other entries of ``teacher_outputs`` to keep instead (the
+    stacked logits of several teachers, for ``precompute_teachers``).
+    """
+    layers = distiller.teacher_layers if keys is None else keys
     device = next(distiller.teacher.parameters()).device
     x0 = kdata.normalize(train.images[:1].to(device), train.info)
     shapes = {k: v.shape[1:] for k, v in distiller.teacher_outputs(x0).items()}
@@ -575,22 +624,103 @@ def _compile_teacher(
     return "yes"
 
 
-def run_id(res: Result) -> str:
-    """A finished run's identity (its cache folder name), for ``teacher_runs``."""
+def run_id(res: Result, epoch: int | None = None) -> str:
+    """A finished run's identity (its cache folder name), for ``teacher_runs``.
+
+    With ``epoch`` (one of the run's ``save_epochs``): ``"<folder>@e<epoch>"``,
+    the student as it was after that epoch (an anchor of route-constrained KD).
+    """
     if res.path is None:
         raise ValueError(f"{res.name} has no run folder")
-    return Path(res.path).name
+    name = Path(res.path).name
+    if epoch is None:
+        return name
+    if epoch not in res.cfg.save_epochs:
+        raise ValueError(
+            f"{res.name} kept no weights after epoch {epoch}; its save_epochs "
+            f"are {list(res.cfg.save_epochs) or 'empty'}"
+        )
+    return f"{name}@e{epoch}"
 
 
 def load_run(run_id: str) -> Result:
-    """The finished run ``run_id`` from the cache (see :func:`run_id`)."""
-    path = cache_dir() / "runs" / run_id / "result.json"
+    """The finished run ``run_id`` from the cache (see :func:`run_id`).
+
+    ``"<folder>@e<N>"`` is that run's student after epoch N: its
+    ``load_model`` gives those weights and its ``test_acc`` that epoch's.
+    """
+    folder, sep, ep = run_id.partition("@e")
+    path = cache_dir() / "runs" / folder / "result.json"
     if not path.exists():
         raise ValueError(
-            f"run {run_id!r} is not finished in the cache {cache_dir()}; "
+            f"run {folder!r} is not finished in the cache {cache_dir()}; "
             "run its config first"
         )
-    return Result.load(path)
+    res = Result.load(path)
+    if sep:
+        if not ep.isdigit() or int(ep) not in res.cfg.save_epochs:
+            raise ValueError(
+                f"{run_id!r}: the run kept weights only after epochs "
+                f"{list(res.cfg.save_epochs) or '(none)'}"
+            )
+        res.epoch = int(ep)
+    return res
+
+
+def _load_teachers(
+    cfg: Config, device: torch.device, **run_kwargs
+) -> tuple[nn.Module | None, Result | None, list[Result]]:
+    """The frozen teacher(s) of ``cfg``: ``(module, its Result, teacher_runs' Results)``.
+
+    ``cfg.teacher_runs`` are loaded from the cache (several: an
+    ``nn.ModuleList``); else ``cfg.teacher`` is trained alone (or loaded) as
+    its own run. Methods that need no teacher get ``(None, None, [])``.
+    """
+    if not get_method(cfg.method).needs_teacher:
+        return None, None, []
+    if cfg.teacher_runs:
+        t_results = [load_run(r) for r in cfg.teacher_runs]
+        models = [r.load_model(device) for r in t_results]
+        if len(models) == 1:
+            return models[0], t_results[0], t_results
+        return nn.ModuleList(models), None, t_results
+    if cfg.teacher is None:
+        return None, None, []
+    t_res = run(teacher_config(cfg), device=device, **run_kwargs)
+    return t_res.load_model(device), t_res, []
+
+
+def load_distiller(res: Result | str, device: str | torch.device = "cpu") -> Distiller:
+    """A finished run's whole Distiller in eval mode: the student, its frozen
+    teacher(s) and the method's own trained modules (exits, peers, branches,
+    the discriminator, the teachers' weighting), to look inside after training.
+    """
+    if isinstance(res, str):
+        res = load_run(res)
+    if res.path is None:
+        raise ValueError(f"{res.name} has no run folder")
+    cfg, device = res.cfg, torch.device(device)
+    teacher, _, _ = _load_teachers(cfg, device, progress=False)
+    student = build_model(cfg.student, cfg.dataset)
+    distiller = build(cfg.method, student, teacher, **cfg.method_args)
+    distiller.setup(load_split(cfg, True))
+    state = {
+        f"student.{k}": v
+        for k, v in torch.load(
+            Path(res.path) / "model.pt", map_location="cpu", weights_only=True
+        ).items()
+    }
+    own = Path(res.path) / "distiller.pt"
+    if own.exists():
+        state.update(torch.load(own, map_location="cpu", weights_only=True))
+    missing, unexpected = distiller.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("teacher.")]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{res.name}: saved state does not match the method's modules "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
+    return distiller.to(device).eval()
 
 
 def run(
@@ -640,24 +770,14 @@ def run(
         )
     device = torch.device(device) if device is not None else default_device()
     check_amp(amp, device)
-    teacher, t_res, t_results = None, None, []
-    if cfg.method != "ce" and cfg.teacher_runs:
-        t_results = [load_run(r) for r in cfg.teacher_runs]
-        models = [r.load_model(device) for r in t_results]
-        if len(models) == 1:
-            t_res, teacher = t_results[0], models[0]
-        else:
-            teacher = nn.ModuleList(models)
-    elif cfg.method != "ce" and cfg.teacher is not None:
-        t_res = run(
-            teacher_config(cfg),
-            device=device,
-            progress=progress,
-            channels_last=channels_last,
-            amp=amp,
-            compile=compile,
-        )
-        teacher = t_res.load_model(device)
+    teacher, t_res, t_results = _load_teachers(
+        cfg,
+        device,
+        progress=progress,
+        channels_last=channels_last,
+        amp=amp,
+        compile=compile,
+    )
     train, test = load_split(cfg, True), load_split(cfg, False)
     seed_everything(cfg.seed)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -671,6 +791,15 @@ def run(
         if distiller.teacher_layers:
             feats = _teacher_train_features(distiller, train, channels_last)
             t_out = None if feats is None else {**t_out, **feats}
+    elif (
+        isinstance(teacher, nn.ModuleList)
+        and distiller.precompute_teachers
+        and distiller.cache_teacher
+        and not cfg.augment
+    ):
+        t_out = _teacher_train_features(
+            distiller, train, channels_last, ("logits", *distiller.teacher_layers)
+        )
     loader = kdata.Loader(
         train,
         cfg.batch_size,
@@ -690,11 +819,20 @@ def run(
     )
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    history = fit(distiller, loader, test, cfg, ckpt, key, t_out, progress, amp)
+    history = fit(distiller, loader, test, cfg, ckpt, key, t_out, progress, amp, folder)
     wall = time.perf_counter() - t0
     buf = io.BytesIO()
     torch.save(student.state_dict(), buf)
     atomic_write_bytes(folder / "model.pt", buf.getvalue())
+    own = {
+        k: v
+        for k, v in _trainable_state(distiller).items()
+        if not k.startswith("student.")
+    }
+    if own:  # exits, peers, branches, discriminators: see load_distiller
+        buf = io.BytesIO()
+        torch.save(own, buf)
+        atomic_write_bytes(folder / "distiller.pt", buf.getvalue())
     res = Result(
         name=cfg.name,
         key=key,

@@ -240,7 +240,8 @@ def test_advlogit_terms_against_an_independent_computation():
     before = copy.deepcopy(d.adversary.net)
     logits, terms = d(x, y)
     ref = _advlogit_reference(d, x, y, logits, before)
-    assert set(terms) == {"ce", "adv", "l1", "disc_loss", "disc_acc"}
+    assert set(terms) == {"ce", "adv", "l1"}
+    terms = {**terms, **d.step_metrics}
     assert terms["ce"].item() == pytest.approx(0.5 * ref["ce"], rel=1e-5)
     assert terms["adv"].item() == pytest.approx(2.0 * ref["adv"], rel=1e-4)
     assert terms["l1"].item() == pytest.approx(0.25 * ref["l1"], rel=1e-5)
@@ -261,7 +262,9 @@ def test_gradient_routing(name):
     assert int(after["adam_step"]) == 1
     assert all(p.grad is None for p in d.student.parameters())
     # The monitors carry no gradient; the student's terms never reach D.
-    assert not terms["disc_loss"].requires_grad and not terms["disc_acc"].requires_grad
+    m = d.step_metrics
+    assert not m["disc_loss"].requires_grad and not m["disc_acc"].requires_grad
+    assert "disc_loss" not in terms
     sum(terms.values()).backward()
     assert all(p.grad is None for p in d.adversary.parameters())
     assert all(p.grad is None for p in d.teacher.parameters())
@@ -317,7 +320,7 @@ def test_advfeat_terms_against_an_independent_computation():
     l1 = (f_s.double() - f_t.double()).abs().mean().item()
     assert terms["adv"].item() == pytest.approx(0.5 * adv, rel=1e-4)
     assert terms["l1"].item() == pytest.approx(3.0 * l1, rel=1e-5)
-    assert terms["disc_loss"].item() == pytest.approx(d_loss.item(), rel=1e-5)
+    assert d.step_metrics["disc_loss"].item() == pytest.approx(d_loss.item(), rel=1e-5)
     torch.testing.assert_close(logits, logits_s)
 
 
@@ -379,8 +382,9 @@ def test_run_records_the_game_and_resumes_exactly(
     monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "uninterrupted"))
     reference = kd.run(cfg, progress=False)
     for h in reference.history:
-        assert {"train_ce", "train_adv", "train_l1", "train_disc_loss"} <= set(h)
-        assert 0 <= h["train_disc_acc"] <= 1
+        assert {"train_ce", "train_adv", "train_l1", "metric_disc_loss"} <= set(h)
+        assert "train_disc_loss" not in h
+        assert 0 <= h["metric_disc_acc"] <= 1
     monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "interrupted"))
     kd.run(kd.teacher_config(cfg), progress=False)  # interrupt the student only
     with monkeypatch.context() as m:

@@ -21,12 +21,11 @@ parameters in place. Parameters, Adam moments and step count are all in the
 Distiller's ``state_dict``, so checkpoints keep them and a resumed run
 continues exactly.
 
-Monitors. Besides the student's loss terms, ``forward`` returns two detached
-scalars, ``disc_loss`` (the discriminator's loss on the batch, before its
-step) and ``disc_acc`` (its accuracy on the batch). They carry no gradient;
-the trainer adds them to the loss it back-propagates, which changes nothing
-but the printed value, and records their epoch means in the history
-(``train_disc_loss``, ``train_disc_acc``) so a chapter can plot the game.
+Monitors. Besides the student's loss terms, ``forward`` puts two detached
+scalars in ``step_metrics``: ``disc_loss`` (the discriminator's loss on the
+batch, before its step) and ``disc_acc`` (its accuracy on the batch). They
+are not losses; the trainer records their epoch means in the history
+(``metric_disc_loss``, ``metric_disc_acc``) so a chapter can plot the game.
 ``last_disc_acc`` and ``disc_acc_epoch`` (the running mean over the current
 epoch) are attributes too.
 """
@@ -195,7 +194,7 @@ class _AdversarialDistiller(Distiller):
         """The discriminator's accuracy on the last batch."""
         return None if self._last_acc is None else float(self._last_acc)
 
-    def _disc(self, real: Tensor, fake: Tensor, y: Tensor) -> dict[str, Tensor]:
+    def _disc(self, real: Tensor, fake: Tensor, y: Tensor) -> None:
         if self.training and torch.is_grad_enabled():
             loss, acc = self.adversary.step(real, fake, y)
         else:
@@ -204,7 +203,7 @@ class _AdversarialDistiller(Distiller):
         self._last_acc = acc.detach()
         self._acc_sum = self._acc_sum + self._last_acc
         self._acc_n += 1
-        return {"disc_loss": loss.detach(), "disc_acc": acc.detach()}
+        self.step_metrics = {"disc_loss": loss.detach(), "disc_acc": acc.detach()}
 
 
 def _logit_disc_loss(call, real: Tensor, fake: Tensor, y: Tensor):
@@ -236,7 +235,7 @@ class AdvLogit(_AdversarialDistiller):
     LeakyReLU 0.2) and its Adam (lr 2e-4, betas (0.5, 0.999), DCGAN's) are
     choices of this implementation, not verified against the paper, whose
     adversarial loss is the binary cross-entropy of Eq. (10). Terms: ``ce``,
-    ``adv``, ``l1`` and the monitors ``disc_loss``, ``disc_acc``.
+    ``adv``, ``l1``; ``step_metrics``: ``disc_loss``, ``disc_acc``.
     """
 
     def __init__(
@@ -300,14 +299,13 @@ class AdvLogit(_AdversarialDistiller):
                 f"advlogit: teacher logits {tuple(logits_t.shape)} and student "
                 f"logits {tuple(logits_s.shape)} differ"
             )
-        monitors = self._disc(logits_t, logits_s, y)
+        self._disc(logits_t, logits_s, y)
         out = self.adversary(logits_s)  # D's parameters need no grad: G's step only
         adv = generator_bce_loss(out[:, 0]) + F.cross_entropy(out[:, 1:], y)
         return logits_s, {
             "ce": self.ce_weight * F.cross_entropy(logits_s, y),
             "adv": self.adv_weight * adv,
             "l1": self.l1_weight * l1_match_loss(logits_s, logits_t),
-            **monitors,
         }
 
 
@@ -338,7 +336,7 @@ class AdvFeat(_AdversarialDistiller):
     through its teacher discriminator's features on images, has no
     counterpart here. Defaults (unit weights; discriminator width 64; Adam lr
     2e-4, betas (0.5, 0.999)) are this implementation's, not the paper's.
-    Terms: ``ce``, ``adv``, ``l1`` and the monitors ``disc_loss``,
+    Terms: ``ce``, ``adv``, ``l1``; ``step_metrics``: ``disc_loss``,
     ``disc_acc``.
     """
 
@@ -432,10 +430,9 @@ class AdvFeat(_AdversarialDistiller):
                 f"advfeat: layer {self.layer!r}: student maps {tuple(f_s.shape)} "
                 f"and teacher maps {tuple(f_t.shape)} differ"
             )
-        monitors = self._disc(f_t, f_s, y)
+        self._disc(f_t, f_s, y)
         return logits_s, {
             "ce": self.ce_weight * F.cross_entropy(logits_s, y),
             "adv": self.adv_weight * generator_bce_loss(self.adversary(f_s)),
             "l1": self.l1_weight * l1_match_loss(f_s, f_t),
-            **monitors,
         }

@@ -101,6 +101,10 @@ class Distiller(nn.Module):
     needs_teacher: bool = True
     cache_teacher: bool = True
     teacher_layers: tuple[str, ...] = ()
+    # Several teachers (an ``nn.ModuleList``): the trainer precomputes
+    # ``teacher_outputs`` once for the training set, as for one teacher, only
+    # for a method that sets this, whose ``teacher_outputs`` are sample-first.
+    precompute_teachers: bool = False
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None) -> None:
         super().__init__()
@@ -108,6 +112,10 @@ class Distiller(nn.Module):
             raise ValueError(f"{type(self).__name__} needs a teacher")
         self.student = student
         self.teacher = teacher
+        # Per-step measurements that are not losses (detached scalars, e.g. the
+        # discriminator's accuracy): ``forward`` may fill this dict; the trainer
+        # averages each entry over the epoch into ``metric_<name>`` and clears it.
+        self.step_metrics: dict[str, Tensor] = {}
         if teacher is not None:
             teacher.eval()
             for p in teacher.parameters():
@@ -141,6 +149,23 @@ class Distiller(nn.Module):
 
     def on_epoch(self, epoch: int, epochs: int) -> None:
         """Called at the start of epoch ``epoch`` (0-based) of ``epochs``."""
+
+    def lr_factor(self, epoch: int, epochs: int) -> float:
+        """Multiplier of the run's learning rate during epoch ``epoch`` (0-based).
+
+        1 by default; a method with its own schedule on top of the run's (the
+        cycles of snapshot distillation) overrides it. It depends on the epoch
+        only, so a resumed run gets the same rates.
+        """
+        return 1.0
+
+    def epoch_metrics(self, test) -> dict[str, float]:
+        """Measurements after each epoch, recorded as ``metric_<name>``.
+
+        ``test`` is the test :class:`TensorData`; called in eval mode without
+        gradients (e.g. the accuracy of every exit or every peer).
+        """
+        return {}
 
     def forward(
         self,

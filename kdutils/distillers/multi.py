@@ -41,6 +41,7 @@ class _MultiTeacher(Distiller):
     """Shared plumbing: the teachers as a list, their stacked outputs."""
 
     hint_layer: str | None = None
+    precompute_teachers = True  # teacher_outputs are (B, M, K) and (B, ...) maps
 
     def __init__(self, student: nn.Module, teacher: nn.Module) -> None:
         super().__init__(student, teacher)
@@ -212,6 +213,27 @@ class AMTMLKD(_MultiTeacher):
 
     def on_epoch(self, epoch: int, epochs: int) -> None:
         self.adapter_phase = epoch < round(self.adapter_fraction * epochs)
+
+    def epoch_metrics(self, test) -> dict[str, float]:
+        """The teachers' mean weight ``weight<m>`` and the weights' mean
+        entropy ``weight_entropy`` (nats; log M is uniform) on 2000 test images."""
+        from ..data import Loader
+        from ..train import _is_channels_last, inference_batch_size
+
+        sub = test.subset(2000)
+        device = self.theta.device
+        loader = Loader(
+            sub,
+            inference_batch_size(device),
+            shuffle=False,
+            device=device,
+            channels_last=_is_channels_last(self.student),
+        )
+        mus = [self.teacher_weights(x).double() for x, _, _ in loader]
+        mu = torch.cat(mus)
+        out = {f"weight{m}": mu[:, m].mean().item() for m in range(mu.shape[1])}
+        out["weight_entropy"] = -(mu * mu.clamp_min(1e-12).log()).sum(1).mean().item()
+        return out
 
     def _weights(self, emb: Tensor) -> Tensor:
         theta, w = self.theta, self.w

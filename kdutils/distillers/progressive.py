@@ -15,6 +15,7 @@ teacher:
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn.functional as F
@@ -70,18 +71,17 @@ class Snapshot(Distiller):
     1 + 1/T. The paper takes snapshots at iteration granularity; here a cycle
     is a whole number of epochs.
 
-    What differs from the paper: its cycles each follow their own cosine
-    learning rate, restarted high at each snapshot, so that the student
-    moves away from its teacher (the paper's requirement that teacher and
-    student differ enough) and each snapshot is taken at a low learning rate
-    (a well-optimised teacher). The trainer here owns one optimizer and one
-    schedule for the whole run (cosine or steps over all epochs) and no hook
-    lets a Distiller set the learning rate, so the cycles share the run's
-    schedule: early snapshots are taken at a high learning rate and the
-    student is never pushed away from its teacher by a restart. A cyclic
-    schedule needs a core change (a per-epoch learning-rate factor that a
-    Distiller can supply); scaling the loss instead would not be equivalent
-    under SGD's weight decay. Terms: ``ce`` and ``kd`` (0 in the first cycle,
+    The learning rate. The paper's cycles each follow their own cosine,
+    restarted high at each snapshot, so that the student moves away from its
+    teacher (the paper's requirement that teacher and student differ enough)
+    and each snapshot is taken at a low learning rate (a well-optimised
+    teacher). With ``cyclic_lr`` (the default) :meth:`lr_factor` multiplies
+    the run's scheduled rate by ``(1 + cos(pi * t / n)) / 2`` in epoch ``t``
+    of a cycle of ``n`` epochs: with a constant run schedule (``schedule =
+    "step"``, no milestones) that is the paper's cyclic cosine, at epoch
+    rather than iteration granularity; with a cosine run schedule the
+    restarts sit on top of the overall decay. ``cyclic_lr=False`` keeps the
+    run's schedule alone. Terms: ``ce`` and ``kd`` (0 in the first cycle,
     so every epoch's history has both).
     """
 
@@ -96,8 +96,11 @@ class Snapshot(Distiller):
         T: float = 3.0,
         ce_weight: float | None = None,
         kd_weight: float = 1.0,
+        cyclic_lr: bool = True,
     ) -> None:
         _check_int("cycles", cycles, 2)
+        if not isinstance(cyclic_lr, bool):
+            raise ValueError(f"cyclic_lr must be True or False, got {cyclic_lr!r}")
         if T <= 0:
             raise ValueError(f"temperature T must be > 0, got {T}")
         ce_w = 1.0 + 1.0 / T if ce_weight is None else ce_weight
@@ -105,6 +108,7 @@ class Snapshot(Distiller):
         super().__init__(student, None)
         self.cycles, self.T = cycles, T
         self.ce_weight, self.kd_weight = ce_weight, kd_weight
+        self.cyclic_lr = cyclic_lr
         self.snapshot = copy.deepcopy(student)
         for p in self.snapshot.parameters():
             p.requires_grad_(False)
@@ -122,7 +126,17 @@ class Snapshot(Distiller):
             T=self.T,
             ce_weight=self.ce_weight,
             kd_weight=self.kd_weight,
+            cyclic_lr=self.cyclic_lr,
         )
+
+    def lr_factor(self, epoch: int, epochs: int) -> float:
+        """The cycle's own cosine, ``(1 + cos(pi * t / n)) / 2`` (1 without ``cyclic_lr``)."""
+        if not self.cyclic_lr:
+            return 1.0
+        starts = [*cycle_starts(epochs, self.cycles), epochs]
+        k = max(i for i, s in enumerate(starts[:-1]) if s <= epoch)
+        t, n = epoch - starts[k], starts[k + 1] - starts[k]
+        return 0.5 * (1.0 + math.cos(math.pi * t / n))
 
     def train(self, mode: bool = True) -> Snapshot:
         super().train(mode)

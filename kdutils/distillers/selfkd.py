@@ -191,6 +191,20 @@ class BYOT(Distiller):
             self.student
         ]
 
+    def epoch_metrics(self, test) -> dict[str, float]:
+        """``exit<i>_acc``: each exit's accuracy on 2000 test images (a fixed
+        subset), shallowest first; the last is the student's own classifier."""
+        from ..train import predict_logits  # the trainer imports this module
+
+        sub = test.subset(2000)
+        return {
+            f"exit{i}_acc": (predict_logits(m, sub).argmax(1) == sub.labels)
+            .double()
+            .mean()
+            .item()
+            for i, m in enumerate(self.exit_models())
+        }
+
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits, feats = self.all_exits(x)
         z_deep, f_deep = logits[-1].detach(), feats[-1].detach()

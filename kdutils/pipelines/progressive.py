@@ -4,20 +4,13 @@
 teachers at increasing points of a teacher's training teach the student one
 after the other (the ``rco`` Distiller).
 
-The approximation. RCO's anchors are checkpoints of *one* teacher run (its
-weights after epochs e_1 < e_2 < ... < E). The trainer keeps only a run's
-final weights (its per-epoch checkpoint is overwritten and deleted when the
-run finishes), and a run's cosine (or step) schedule depends on its length,
-so a teacher run of e_k epochs is not the long run stopped at e_k. The
-anchors here are therefore separate teacher runs of e_k epochs, each
-annealed to the end of its own schedule; the last, of E epochs, is the
-ordinary teacher (shared with every other method through the cache). Such
-anchors are "a teacher trained for e_k epochs", better converged than a
-mid-run checkpoint at a still-high learning rate, so the route is smoother
-than the paper's. Exact anchors need a core change: a ``Config`` field
-``save_epochs`` with which ``fit`` saves ``student.state_dict()`` to
-``model-e{epoch}.pt`` after those epochs, and ``load_run("<run>@e<epoch>")``
-to load one as a teacher.
+The anchors are checkpoints of *one* teacher run, as in the paper: the
+teacher is trained once with ``save_epochs`` set to the anchors' epochs, so
+its weights after each of them are kept (``model-e<N>.pt``), and each anchor
+is that run at that epoch (``run_id(teacher, epoch)``, ``"<run>@e<N>"``). The
+last anchor is the teacher's final weights. Mid-run anchors are taken at the
+learning rate the schedule had then, not annealed, which is the route the
+paper constrains the student to.
 """
 
 from __future__ import annotations
@@ -26,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from ..config import Config, teacher_config
 from ..results import Result
-from ..train import run, run_id
+from ..train import load_run, run, run_id
 from .assistants import _report
 
 __all__ = ["route_kd", "anchor_epochs"]
@@ -55,11 +48,12 @@ def route_kd(
     architecture ``cfg.teacher``. ``checkpoints`` are the anchors' epochs,
     strictly increasing, the last equal to the teacher's epochs
     (``cfg.teacher_epochs or cfg.epochs``); default: four evenly spaced
-    (:func:`anchor_epochs`). Each anchor is a teacher run of that many epochs
-    (see the module docstring for why this approximates checkpoints of one
-    run); the student then learns from them in order, an equal share of its
-    epochs each. Returns ``[*anchors, student]``. ``run`` and ``run_kwargs``
-    are passed to every stage. Reference: ``jin2019knowledge``.
+    (:func:`anchor_epochs`). One teacher run keeps its weights after each
+    (``save_epochs``); the student then learns from those anchors in order,
+    an equal share of its epochs each. Returns ``[*anchors, student]``, each
+    anchor the teacher's :class:`Result` at that epoch (``.epoch`` set; the
+    last is the finished teacher). ``run`` and ``run_kwargs`` are passed to
+    both runs. Reference: ``jin2019knowledge``.
     """
     if cfg.method != "rco":
         raise ValueError(
@@ -88,17 +82,17 @@ def route_kd(
         raise ValueError(
             f"{len(epochs)} anchors do not fit in the student's {cfg.epochs} epochs"
         )
-    stages: list[tuple[str, Result]] = []
-    anchors = []
-    for e in epochs:
-        # The last anchor is exactly the ordinary teacher run (same config).
-        acfg = base if e == total else base.replace(epochs=e, eval_every=e)
-        res = run(acfg, **run_kwargs)
-        anchors.append(res)
-        stages.append((f"anchor {cfg.teacher} after {e}/{total} epochs", res))
-    student = run(
-        cfg.replace(teacher_runs=tuple(run_id(r) for r in anchors)), **run_kwargs
-    )
-    stages.append((f"student {cfg.student} along {len(anchors)} anchors", student))
+    teacher = run(base.replace(save_epochs=epochs[:-1]), **run_kwargs)
+    ids = [run_id(teacher, e) for e in epochs[:-1]] + [run_id(teacher)]
+    anchors = [load_run(i) for i in ids[:-1]] + [teacher]
+    for e, a in zip(epochs, anchors, strict=True):
+        print(
+            f"[route_kd] anchor after {e}/{total} epochs: test acc {100 * a.test_acc:.2f}%"
+        )
+    student = run(cfg.replace(teacher_runs=tuple(ids)), **run_kwargs)
+    stages = [
+        (f"teacher {cfg.teacher}, kept after epochs {list(epochs)}", teacher),
+        (f"student {cfg.student} along {len(anchors)} anchors", student),
+    ]
     _report("route_kd", stages)
-    return [r for _, r in stages]
+    return [*anchors, student]
