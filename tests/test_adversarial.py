@@ -408,3 +408,41 @@ def test_run_records_the_game_and_resumes_exactly(
         assert {k: v for k, v in h.items() if k != "seconds"} == {
             k: v for k, v in r.items() if k != "seconds"
         }
+
+
+def test_one_epoch_records_the_mean_of_the_batches_disc_loss_and_accuracy(
+    digits_config, monkeypatch
+):
+    """metric_disc_acc / metric_disc_loss: the epoch's sample-weighted means of
+    the discriminator's accuracy and loss on each batch before its step,
+    recomputed here from a copy of the discriminator at that step."""
+    cfg = digits_config(method="advlogit", epochs=1)
+    batches = []
+    step = Adversary.step
+
+    def spy(self, real, fake, y):
+        net = copy.deepcopy(self.net)
+        with torch.no_grad():
+            out_r, out_f = net(real).double(), net(fake).double()
+        r, f = out_r[:, 0], out_f[:, 0]
+        right = sum(int(v > 0) for v in r) + sum(int(v < 0) for v in f)
+        loss = (
+            torch.log1p(torch.exp(-r)).mean()
+            + torch.log1p(torch.exp(f)).mean()
+            + F.cross_entropy(out_r[:, 1:], y)
+            + F.cross_entropy(out_f[:, 1:], y)
+        )
+        batches.append((len(y), right / (len(r) + len(f)), loss.item()))
+        return step(self, real, fake, y)
+
+    monkeypatch.setattr(Adversary, "step", spy)
+    res = kd.run(cfg, progress=False)
+    sizes = [n for n, _, _ in batches]
+    assert sizes == [64, 64, 64, 64, 44]  # 300 images, the last batch smaller
+    (h,) = res.history
+    acc = sum(n * a for n, a, _ in batches) / 300
+    loss = sum(n * v for n, _, v in batches) / 300
+    assert h["metric_disc_acc"] == pytest.approx(acc, abs=1e-7)
+    assert h["metric_disc_loss"] == pytest.approx(loss, rel=1e-5)
+    assert {"train_ce", "train_adv", "train_l1"} <= set(h)
+    assert not {"train_disc_acc", "train_disc_loss"} & set(h)

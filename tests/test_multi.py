@@ -3,11 +3,15 @@ AMTML-KD (amtmlkd).
 
 The losses against float64 references written with explicit loops, their
 properties and errors; the distillers with one teacher and with a list of
-teachers, live or precomputed; what each term trains in each phase; training
-through ``kd.run`` with two finished teacher runs, and an exact resume."""
+teachers, live or precomputed; what each term trains in each phase; AMTML-KD's
+teacher-weight metrics against the weights' formula in float64; training
+through ``kd.run`` with two finished teacher runs (the trainer's precomputed
+outputs of several teachers train exactly as the live teachers), and an
+exact resume."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -279,6 +283,44 @@ def test_amtmlkd_rejects_bad_fraction_and_models():
         kd.build("amtmlkd", student, nn.ModuleList([teachers[0], mlp]))
 
 
+def _np_teacher_weights(d, data: kdata.TensorData) -> np.ndarray:
+    """``mu (N, M)``: softmax over m of sum_d w_d theta_md e_d, in float64,
+    with ``e`` the student's pooled embedding (eval mode)."""
+    student = d.student.eval()
+    with torch.no_grad(), kd.capture(student, ["pool"]) as f:
+        student(kdata.normalize(data.images, data.info))
+    e = f["pool"].double().numpy()
+    theta, w = d.theta.detach().double().numpy(), d.w.detach().double().numpy()
+    scores = np.einsum("d,md,nd->nm", w, theta, e)
+    return np.stack([_softmax_row(row) for row in scores])
+
+
+def test_amtmlkd_epoch_metrics_are_the_mean_weights_on_2000_test_images():
+    student, teachers = _models()
+    d = kd.build("amtmlkd", student, teachers)
+    g = torch.Generator().manual_seed(4)
+    images = torch.randint(0, 256, (2100, C, S, S), generator=g).to(torch.uint8)
+    test = kdata.TensorData(
+        images, torch.randint(0, K, (2100,), generator=g), "cifar10"
+    )
+    d.train()
+    with torch.no_grad():
+        got = d.epoch_metrics(test)
+    assert d.student.training  # teacher_weights puts the student back
+    assert list(got) == ["weight0", "weight1", "weight2", "weight_entropy"]
+    mu = _np_teacher_weights(d, test.subset(2000))
+    assert mu.shape == (2000, M)
+    for m in range(M):
+        assert got[f"weight{m}"] == pytest.approx(mu[:, m].mean(), rel=1e-5), m
+    entropy = -sum(mu[:, m] * np.log(mu[:, m]) for m in range(M)).mean()
+    assert got["weight_entropy"] == pytest.approx(entropy, rel=1e-5)
+    assert sum(got[f"weight{m}"] for m in range(M)) == pytest.approx(1.0)
+    # Neither uniform nor one-hot, and on the subset, not all 2100 images.
+    assert 0.1 < got["weight_entropy"] < np.log(M) - 0.1
+    whole = _np_teacher_weights(d, test)
+    assert abs(whole[:, 0].mean() - got["weight0"]) > 1e-5
+
+
 # Training through kd.run with finished teacher runs
 
 
@@ -320,6 +362,17 @@ def test_amtmlkd_runs_with_two_teacher_runs_and_resumes_exactly(
     assert type(reference.load_model()) is type(kd.create_model("resnet8"))
     assert reference.history[1]["train_hint"] == 0  # after the adapter phase
     assert reference.history[0]["train_hint"] > 0
+    # The teachers' weights on the test set, after each epoch: those of the
+    # saved adapter (theta, w) and student, recomputed independently.
+    h = reference.history[-1]
+    metrics = {k: v for k, v in h.items() if k.startswith("metric_")}
+    assert set(metrics) == {"metric_weight0", "metric_weight1", "metric_weight_entropy"}
+    d = ktrain.load_distiller(reference)
+    mu = _np_teacher_weights(d, ktrain.load_split(cfg, False))
+    assert metrics["metric_weight0"] == pytest.approx(mu[:, 0].mean(), rel=1e-5)
+    assert metrics["metric_weight1"] == pytest.approx(mu[:, 1].mean(), rel=1e-5)
+    entropy = -(mu * np.log(mu)).sum(1).mean()
+    assert metrics["metric_weight_entropy"] == pytest.approx(entropy, rel=1e-5)
     monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "interrupted"))
     cfg = make()
     with monkeypatch.context() as m:
@@ -345,3 +398,42 @@ def test_avgkd_with_one_teacher_run_uses_the_precomputed_logits(digits_config):
     res = kd.run(cfg, progress=False)
     assert res.teacher["key"] == ktrain.load_run(first).key
     assert np.isfinite(res.history[0]["train_kd"])
+
+
+@pytest.mark.parametrize("name", ["avgkd", "amtmlkd"])
+def test_precomputed_outputs_of_several_teacher_runs_train_as_the_live_teachers(
+    digits_config, monkeypatch, name
+):
+    cls = type(kd.build(name, *_models(2)))
+    assert cls.precompute_teachers
+    runs = _teacher_runs(digits_config)
+    cfg = digits_config(method=name, teacher_runs=runs, epochs=2)
+    seen = []
+    forward = cls.forward
+
+    def spy(self, x, y, teacher_out=None, idx=None):
+        seen.append(None if teacher_out is None else teacher_out["logits"].shape)
+        return forward(self, x, y, teacher_out=teacher_out, idx=idx)
+
+    monkeypatch.setattr(cls, "forward", spy)
+    cached = kd.run(cfg, progress=False)
+    steps = 2 * len(kdata.Loader(ktrain.load_split(cfg, True), cfg.batch_size))
+    assert len(seen) == steps
+    # Each step got the two teachers' logits (B, 2, K), sliced from the
+    # training set's precomputed outputs.
+    assert all(s is not None and s[1:] == (2, 10) for s in seen)
+    shutil.rmtree(cached.path)
+    seen.clear()
+    monkeypatch.setattr(cls, "precompute_teachers", False)
+    live = kd.run(cfg, progress=False)
+    assert not live.from_cache and len(seen) == steps
+    assert all(s is None for s in seen)  # the teachers ran on every batch
+    for a, b in zip(cached.history, live.history, strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            if k != "seconds":
+                assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), k
+    sa = torch.load(Path(cached.path) / "model.pt", weights_only=True)
+    sb = torch.load(Path(live.path) / "model.pt", weights_only=True)
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=1e-5, atol=1e-6, msg=k)

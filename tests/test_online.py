@@ -2,8 +2,10 @@
 
 The losses against float64 references written with explicit loops, their
 properties and errors; the distillers' terms against an independent forward;
-which parameters each term trains; the deployed student; training, the saved
-model and an exact resume with the peers in the checkpoint."""
+which parameters each term trains; the deployed student; the members' metrics
+(accuracies, ensemble, agreement, pairwise KL) against float64 loops;
+training, the saved model and an exact resume with the peers in the
+checkpoint."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from torch import nn
 import kdutils as kd
 from kdutils import data as kdata
 from kdutils import train as ktrain
-from kdutils.distillers.online import fresh_copy
+from kdutils.distillers.online import fresh_copy, member_metrics
 from kdutils.losses import (
     dml_kl_losses,
     gated_ensemble,
@@ -644,6 +646,137 @@ def test_ffl_rejects_bad_hyperparameters(bad):
         kd.build("ffl", _student(), **bad)
 
 
+# member_metrics and the methods' epoch_metrics
+
+
+def _np_member_metrics(logits: list[np.ndarray], y: np.ndarray) -> dict:
+    """``member_metrics`` by float64 loops over samples and ordered pairs."""
+    m, n = len(logits), len(y)
+    probs = [
+        np.exp(np.stack([_np_log_softmax(z[b]) for b in range(n)])) for z in logits
+    ]
+    out = {
+        f"acc{i}": sum(int(np.argmax(z[b]) == y[b]) for b in range(n)) / n
+        for i, z in enumerate(logits)
+    }
+    ens = sum(probs) / m
+    out["ensemble_acc"] = sum(int(np.argmax(ens[b]) == y[b]) for b in range(n)) / n
+    agree, kl, pairs = 0.0, 0.0, 0
+    for i in range(m):
+        for j in range(m):
+            if i == j:
+                continue
+            pairs += 1
+            agree += (
+                sum(
+                    int(np.argmax(logits[i][b]) == np.argmax(logits[j][b]))
+                    for b in range(n)
+                )
+                / n
+            )
+            kl += (
+                sum(
+                    sum(
+                        probs[i][b, k] * math.log(probs[i][b, k] / probs[j][b, k])
+                        for k in range(logits[i].shape[1])
+                    )
+                    for b in range(n)
+                )
+                / n
+            )
+    out["agreement"] = agree / pairs
+    out["pair_kl"] = kl / pairs
+    return out
+
+
+def _assert_metrics(got: dict, ref: dict) -> None:
+    assert set(got) == set(ref)
+    for k, v in ref.items():
+        if k == "pair_kl":
+            assert got[k] == pytest.approx(v, rel=1e-5, abs=1e-9), k
+        else:  # fractions of images: exact up to float rounding
+            assert got[k] == pytest.approx(v, abs=1e-12), k
+
+
+def _linear_members(m: int) -> list[nn.Module]:
+    out = []
+    for i in range(m):
+        torch.manual_seed(100 + i)
+        out.append(nn.Sequential(nn.Flatten(), nn.Linear(64, K)))
+    return out
+
+
+def _labelled_by(members, n: int = 50) -> kdata.TensorData:
+    """8x8 grey images; the first 25 labelled by member 0's prediction, the
+    next 12 by member 1's, the rest at random: the members' accuracies differ."""
+    g = torch.Generator().manual_seed(11)
+    images = torch.randint(0, 256, (n, 1, 8, 8), generator=g).to(torch.uint8)
+    x = kdata.normalize(images, kdata.DATASETS["digits"])
+    with torch.no_grad():
+        pred = [mem(x).argmax(1) for mem in members[:2]]
+    y = torch.randint(0, K, (n,), generator=g)
+    y[:25], y[25:37] = pred[0][:25], pred[1][25:37]
+    return kdata.TensorData(images, y, "digits")
+
+
+def _logits_of(members, data: kdata.TensorData) -> list[np.ndarray]:
+    x = kdata.normalize(data.images, data.info)
+    with torch.no_grad():
+        return [_np(mem.eval()(x)) for mem in members]
+
+
+@pytest.mark.parametrize("m", [2, 3])
+@pytest.mark.parametrize("n", [40, 2000])  # a fixed subset; all 50 images
+def test_member_metrics_against_loops(m, n):
+    members = _linear_members(m)
+    data = _labelled_by(members)
+    got = member_metrics(members, data, n)
+    sub = data.subset(n)
+    assert len(sub) == min(n, 50)
+    ref = _np_member_metrics(_logits_of(members, sub), sub.labels.numpy())
+    _assert_metrics(got, ref)
+    # The labels make the members' accuracies differ (a swapped index shows).
+    assert got["acc0"] > got["acc1"] > 0.1
+    assert 0 < got["agreement"] < 1 and got["pair_kl"] > 0
+
+
+def test_member_metrics_of_identical_members():
+    (a,) = _linear_members(1)
+    data = _labelled_by([a, a])
+    got = member_metrics([a, a, a], data)
+    assert got["agreement"] == 1.0
+    assert got["pair_kl"] == pytest.approx(0.0, abs=1e-12)
+    assert got["acc0"] == got["acc1"] == got["acc2"] == got["ensemble_acc"]
+
+
+def _digits_members(name: str, **hp):
+    torch.manual_seed(0)
+    s = kd.create_model("resnet8", num_classes=10, in_channels=1)
+    return kd.build(name, s, **hp).eval()
+
+
+@pytest.mark.parametrize(
+    "name,hp,m", [("dml", {}, 3), ("dml", {"num_peers": 2}, 2), ("one", {}, 3)]
+)
+def test_epoch_metrics_of_the_members(name, hp, m):
+    d = _digits_members(name, **hp)
+    test = kdata.load("digits", train=False)  # 360 images: all are measured
+    with torch.no_grad():
+        got = d.epoch_metrics(test)
+        x = kdata.normalize(test.images, test.info)
+        if name == "one":  # the branches' own forward, not members()
+            z = d.branches(x)[0]
+            logits = [_np(z[:, i]) for i in range(z.shape[1])]
+        else:
+            logits = [_np(d.student(x))] + [_np(p(x)) for p in d.peers]
+    assert set(got) == {f"acc{i}" for i in range(m)} | {
+        "ensemble_acc",
+        "agreement",
+        "pair_kl",
+    }
+    _assert_metrics(got, _np_member_metrics(logits, test.labels.numpy()))
+
+
 # Training through kd.run: the reported accuracy is the student's alone
 
 
@@ -663,6 +796,22 @@ def test_run_reports_and_saves_the_deployable_student(digits_config, name):
     assert res.final["params"] == kd.num_params(model)
     h = res.history[0]
     assert {"train_ce", "train_kl"} <= set(h)
+    # The members' metrics: member 0 is the student, measured on the whole
+    # (200-image) test set as test_acc is; the values are those of the saved
+    # distiller's members (peers, branches) measured again.
+    members = ktrain.load_distiller(res).members()
+    m = {"dml": 3, "one": 3, "okddip": 4, "ffl": 2}[name]
+    assert len(members) == m
+    metrics = {k[len("metric_") :]: v for k, v in h.items() if k.startswith("metric_")}
+    assert set(metrics) == {f"acc{i}" for i in range(m)} | {
+        "ensemble_acc",
+        "agreement",
+        "pair_kl",
+    }
+    assert metrics["acc0"] == pytest.approx(h["test_acc"], abs=1e-12)
+    # (The run's layout is channels-last: the float32 logits differ in the
+    # last bits, so pair_kl to a relative 1e-5.)
+    _assert_metrics(metrics, member_metrics(members, ktrain.load_split(cfg, False)))
 
 
 def _interrupt(m, epoch: int, after: int) -> None:

@@ -1,7 +1,12 @@
-"""Progressive distillation (2.3.4): snapshot distillation, RCO and route_kd."""
+"""Progressive distillation (2.3.4): snapshot distillation, RCO and route_kd.
+
+Snapshot's cyclic learning rate (``lr_factor``) against the cosine of each
+cycle written out, and a run's recorded rates; route_kd's one teacher run
+with its kept epochs as the anchors, down to the anchors' logits."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -99,7 +104,9 @@ def _batch(seed: int = 0, n: int = 8):
 
 def test_snapshot_defaults_and_structure():
     d = kd.build("snapshot", _student())
-    assert d.hparams() == dict(cycles=4, T=3.0, ce_weight=None, kd_weight=1.0)
+    assert d.hparams() == dict(
+        cycles=4, T=3.0, ce_weight=None, kd_weight=1.0, cyclic_lr=True
+    )
     assert d.label_weight == pytest.approx(1 + 1 / 3)
     assert d.teacher is None and not d.needs_teacher and not d.cache_teacher
     assert not any(p.requires_grad for p in d.snapshot.parameters())
@@ -179,6 +186,93 @@ def test_snapshot_needs_at_least_one_epoch_per_cycle():
     d = kd.build("snapshot", _student(), cycles=4)
     with pytest.raises(ValueError, match="4 cycles do not fit in 3 epochs"):
         d.on_epoch(0, 3)
+
+
+# Snapshot's cyclic learning rate
+
+
+def _cycle_cosines(epochs: int, cycles: int) -> list[float]:
+    """Per epoch, (1 + cos(pi t / n)) / 2 for epoch t of its cycle of n epochs."""
+    bounds = [*cycle_starts(epochs, cycles), epochs]
+    out = []
+    for a, b in zip(bounds, bounds[1:], strict=False):
+        out += [(1 + math.cos(math.pi * t / (b - a))) / 2 for t in range(b - a)]
+    assert len(out) == epochs
+    return out
+
+
+@pytest.mark.parametrize(
+    "epochs,cycles,expected",
+    [
+        (8, 4, [1, 0.5] * 4),
+        (6, 2, [1, 0.75, 0.25] * 2),
+        # starts 0 and 4: a cycle of 4 epochs, then one of 3
+        (
+            7,
+            2,
+            [1, (2 + math.sqrt(2)) / 4, 0.5, (2 - math.sqrt(2)) / 4, 1, 0.75, 0.25],
+        ),
+        (5, 5, [1] * 5),  # one epoch per cycle: never lowered
+        (10, 3, None),
+        (240, 4, None),
+    ],
+)
+def test_snapshot_lr_factor_is_each_cycles_cosine(epochs, cycles, expected):
+    d = kd.build("snapshot", _student(), cycles=cycles)
+    got = [d.lr_factor(e, epochs) for e in range(epochs)]
+    ref = _cycle_cosines(epochs, cycles)
+    if expected is not None:
+        assert ref == pytest.approx(expected, abs=1e-12)
+    assert got == pytest.approx(ref, abs=1e-12)
+    # Restarted at 1 at every snapshot, never 0 inside a cycle.
+    for start in cycle_starts(epochs, cycles):
+        assert got[start] == 1.0
+    assert min(got) > 0
+    flat = kd.build("snapshot", _student(), cycles=cycles, cyclic_lr=False)
+    assert [flat.lr_factor(e, epochs) for e in range(epochs)] == [1.0] * epochs
+
+
+@pytest.mark.parametrize("bad", [1, 0, "yes", None])
+def test_snapshot_rejects_a_cyclic_lr_that_is_not_a_bool(bad):
+    with pytest.raises(ValueError, match="cyclic_lr"):
+        kd.build("snapshot", _student(), cyclic_lr=bad)
+    with pytest.raises(ValueError, match="cyclic_lr"):
+        kd.make_config("smoke", method="snapshot", cyclic_lr=bad)
+
+
+def test_snapshot_runs_at_the_schedule_times_the_cycles_cosine(digits_config):
+    epochs, lr = 4, 0.05
+    cosine = [(1 + math.cos(math.pi * e / epochs)) / 2 for e in range(epochs)]
+    cyc = _cycle_cosines(epochs, 2)
+    assert cyc == pytest.approx([1, 0.5, 1, 0.5])
+    cases = {
+        ("cosine", True): [lr * c * f for c, f in zip(cosine, cyc, strict=True)],
+        ("cosine", False): [lr * c for c in cosine],
+        # A constant schedule: the paper's cyclic cosine alone.
+        ("step", True): [lr * f for f in cyc],
+    }
+    weights = {}
+    for (schedule, cyclic), expected in cases.items():
+        cfg = digits_config(
+            method="snapshot",
+            teacher=None,
+            epochs=epochs,
+            cycles=2,
+            schedule=schedule,
+            milestones=(),
+            lr=lr,
+            cyclic_lr=cyclic,
+        )
+        assert cfg.method_args["cyclic_lr"] is cyclic
+        res = kd.run(cfg, progress=False)
+        got = [h["lr"] for h in res.history]
+        assert got == pytest.approx(expected, rel=1e-9), (schedule, cyclic)
+        weights[schedule, cyclic] = torch.load(
+            Path(res.path) / "model.pt", weights_only=True
+        )
+    # The rate is the one used: the cyclic run trains to other weights.
+    a, b = weights["cosine", True], weights["cosine", False]
+    assert not torch.equal(a["fc.weight"], b["fc.weight"])
 
 
 # End to end: kd.run, resume across and inside a cycle
@@ -300,37 +394,92 @@ def test_anchor_epochs():
         anchor_epochs(3, 4)
 
 
-def test_route_kd_configs_and_errors(digits_config):
-    calls = []
+def _fake_run(calls: list):
+    """A stand-in for ``kd.run`` that trains nothing: it records the config and
+    writes a finished run to the cache (test_acc = epoch / 100 after every
+    epoch), so that ``load_run("<id>@e<N>")`` finds it."""
 
     def fake_run(cfg, **kw):
         calls.append(cfg)
+        folder = ktrain.cache_dir() / "runs" / f"{cfg.name}-fake{len(calls)}"
+        folder.mkdir(parents=True)
         r = kd.results.Result(
             name=cfg.name,
-            key="k",
+            key=f"k{len(calls)}",
             config=cfg.to_dict(),
-            history=[],
-            final={"test_acc": 0.5},
+            history=[
+                {"epoch": e, "test_acc": e / 100} for e in range(1, cfg.epochs + 1)
+            ],
+            final={"test_acc": cfg.epochs / 100},
             provenance={},
         )
-        r.path = f"/nowhere/{cfg.name}-{len(calls)}"
+        r.save(folder / "result.json")
+        r.path = str(folder)
         return r
 
+    return fake_run
+
+
+def test_route_kd_trains_one_teacher_and_names_its_epochs(digits_config):
+    calls = []
+    fake_run = _fake_run(calls)
     cfg = digits_config(method="rco", teacher="resnet14", epochs=4)
     out = route_kd(cfg, checkpoints=(1, 3, 4), run=fake_run)
-    assert len(out) == 4
-    anchors, student = calls[:3], calls[3]
-    assert [c.epochs for c in anchors] == [1, 3, 4]
-    assert all(c.method == "ce" and c.student == "resnet14" for c in anchors)
-    assert anchors[2] == kd.config.teacher_config(cfg)  # the ordinary teacher
-    assert student.teacher_runs == tuple(Path(r.path).name for r in out[:3])
-    assert student.replace(teacher_runs=()) == cfg
+    assert len(calls) == 2 and len(out) == 4
+    t_cfg, s_cfg = calls
+    # One teacher run: the ordinary teacher's config, keeping epochs 1 and 3
+    # and evaluated at each anchor (every epoch here).
+    assert t_cfg == kd.config.teacher_config(cfg).replace(
+        save_epochs=(1, 3), eval_every=1
+    )
+    *anchors, student = out
+    folder = Path(anchors[-1].path)
+    assert [a.epoch for a in anchors] == [1, 3, None]
+    assert all(Path(a.path) == folder for a in anchors)
+    assert [a.test_acc for a in anchors] == [0.01, 0.03, 0.04]
+    tid = folder.name
+    assert s_cfg.teacher_runs == (f"{tid}@e1", f"{tid}@e3", tid)
+    assert s_cfg.replace(teacher_runs=()) == cfg
+    assert Path(student.path).name.startswith(cfg.name)
+
+
+@pytest.mark.parametrize(
+    "epochs,teacher_epochs,checkpoints,save,every",
+    [
+        (8, None, None, (2, 4, 6), 2),  # the default: 4 evenly spaced anchors
+        (4, 6, (2, 4, 6), (2, 4), 2),
+        (4, 6, (2, 3, 6), (2, 3), 1),
+        (2, None, (2,), (), 2),  # one anchor: the teacher alone
+    ],
+)
+def test_route_kd_anchor_epochs_and_evaluation(
+    digits_config, epochs, teacher_epochs, checkpoints, save, every
+):
+    calls = []
+    cfg = digits_config(
+        method="rco", teacher="resnet14", epochs=epochs, teacher_epochs=teacher_epochs
+    )
+    out = route_kd(cfg, checkpoints=checkpoints, run=_fake_run(calls))
+    t_cfg, s_cfg = calls
+    assert t_cfg.save_epochs == save and t_cfg.eval_every == every
+    assert t_cfg.epochs == (teacher_epochs or epochs)
+    tid = Path(out[0].path).name
+    assert s_cfg.teacher_runs == (*(f"{tid}@e{e}" for e in save), tid)
+    assert [a.epoch for a in out[:-1]] == [*save, None]
+    assert s_cfg.epochs == epochs
+
+
+def test_route_kd_errors(digits_config):
+    calls = []
+    fake_run = _fake_run(calls)
+    cfg = digits_config(method="rco", teacher="resnet14", epochs=4)
     with pytest.raises(ValueError, match="method='rco'"):
         route_kd(cfg.replace(method="kd"), run=fake_run)
     for bad, msg in [
         ((1, 1, 4), "increase"),
         ((1, 3), "last checkpoint"),
         ((0, 4), "positive"),
+        ((1.0, 4), "positive"),
         ((1, 2, 3, 4, 4), "increase"),
     ]:
         with pytest.raises(ValueError, match=msg):
@@ -341,6 +490,16 @@ def test_route_kd_configs_and_errors(digits_config):
             checkpoints=(1, 2, 3, 4),
             run=fake_run,
         )
+    with pytest.raises(ValueError, match="teacher_runs"):
+        route_kd(cfg.replace(teacher_runs=("x",)), run=fake_run)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        route_kd(cfg.replace(teacher=None), run=fake_run)
+    assert calls == []  # nothing is trained before the checks
+
+
+def _eval_logits(model, x):
+    with torch.no_grad():
+        return model.eval()(x)
 
 
 def test_route_kd_end_to_end_and_the_student_resumes_exactly(
@@ -348,9 +507,49 @@ def test_route_kd_end_to_end_and_the_student_resumes_exactly(
 ):
     cfg = digits_config(method="rco", teacher="resnet8", epochs=2)
     anchor1, anchor2, student = route_kd(cfg, checkpoints=(1, 2), progress=False)
-    assert anchor1.config["epochs"] == 1 and anchor2.config["epochs"] == 2
-    assert [t["name"] for t in student.teacher] == [anchor1.name, anchor2.name]
+    out = capsys.readouterr().out
+    # One teacher run, evaluated after each epoch, kept after epoch 1.
+    folder = Path(anchor2.path)
+    assert Path(anchor1.path) == folder and anchor1.epoch == 1 and anchor2.epoch is None
+    assert anchor2.cfg == kd.config.teacher_config(cfg).replace(
+        save_epochs=(1,), eval_every=1
+    )
+    assert out.count("[train] ce-resnet8-digits") == 1
+    assert (folder / "model-e1.pt").exists() and not (folder / "model-e2.pt").exists()
+    h = anchor2.history
+    assert anchor1.test_acc == h[0]["test_acc"] is not None
+    assert anchor2.test_acc == h[1]["test_acc"] == anchor2.final["test_acc"]
+    assert f"anchor after 1/2 epochs: test acc {100 * h[0]['test_acc']:.2f}%" in out
+    # The kept weights are the teacher after epoch 1: their accuracy is the
+    # one the run measured then; they differ from the final weights.
+    test = ktrain.load_split(cfg, train=False)
+    e1 = ktrain.build_model("resnet8", "digits")
+    e1.load_state_dict(torch.load(folder / "model-e1.pt", weights_only=True))
+    final = ktrain.build_model("resnet8", "digits")
+    final.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    assert kd.evaluate(e1, test)["acc"] == pytest.approx(anchor1.test_acc)
+    assert not torch.equal(e1.fc.weight, final.fc.weight)
+    # The student learnt from "<teacher>@e1", then the teacher.
     scfg = kd.Config.from_dict(student.config)
+    tid = folder.name
+    assert scfg.teacher_runs == (f"{tid}@e1", tid)
+    assert scfg.replace(teacher_runs=()) == cfg
+    assert [t["test_acc"] for t in student.teacher] == [
+        anchor1.test_acc,
+        anchor2.test_acc,
+    ]
+    # RCO's anchors are exactly the kept weights: same logits.
+    d = ktrain.load_distiller(student)
+    assert isinstance(d.teacher, torch.nn.ModuleList) and len(d.teacher) == 2
+    x = kdata.normalize(test.images[:64], test.info)
+    torch.testing.assert_close(_eval_logits(d.teacher[0], x), _eval_logits(e1, x))
+    torch.testing.assert_close(_eval_logits(d.teacher[1], x), _eval_logits(final, x))
+    torch.testing.assert_close(
+        _eval_logits(anchor1.load_model(), x), _eval_logits(e1, x)
+    )
+    assert not torch.allclose(
+        _eval_logits(d.teacher[0], x), _eval_logits(d.teacher[1], x)
+    )
     reference = torch.load(Path(student.path) / "model.pt", weights_only=True)
     history = student.history
     # Interrupt a fresh training of the same student in its second stage.

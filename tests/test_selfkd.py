@@ -2,8 +2,9 @@
 
 The losses against float64 references written with explicit loops, their
 properties and errors; the distillers' terms against an independent forward;
-what each term trains; training through ``kd.run`` with an exact resume (the
-exits in the checkpoint); the born-again pipeline."""
+what each term trains; BYOT's per-exit accuracies (``epoch_metrics``)
+against each exit evaluated alone; training through ``kd.run`` with an exact
+resume (the exits in the checkpoint); the born-again pipeline."""
 
 from __future__ import annotations
 
@@ -298,6 +299,43 @@ def test_bake_rejects_bad_hyperparameters(bad):
         kd.build("bake", _student(), **bad)
 
 
+def _exit_labelled_data(d, n: int = 2100) -> kdata.TensorData:
+    """Random images, more than the 2000 measured; the first 1050 labelled by
+    exit 0's prediction, the next 550 by exit 1's, the rest at random, so the
+    exits' accuracies differ (and differ on the 2000-image subset)."""
+    g = torch.Generator().manual_seed(3)
+    images = torch.randint(0, 256, (n, C, S, S), generator=g).to(torch.uint8)
+    x = kdata.normalize(images, kdata.DATASETS["cifar10"])
+    d.eval()
+    z = d.exit_logits(x)
+    y = torch.randint(0, K, (n,), generator=g)
+    y[:1050], y[1050:1600] = z[0][:1050].argmax(1), z[1][1050:1600].argmax(1)
+    return kdata.TensorData(images, y, "cifar10")
+
+
+def test_byot_epoch_metrics_are_each_exits_accuracy_on_2000_test_images():
+    d = kd.build("byot", _student())
+    test = _exit_labelled_data(d)
+    with torch.no_grad():
+        got = d.epoch_metrics(test)
+    assert list(got) == ["exit0_acc", "exit1_acc", "exit2_acc"]
+    sub = test.subset(2000)
+    assert len(sub) == 2000
+    y = sub.labels.numpy()
+    # All exits in one forward (all_exits), counted by a loop ...
+    z = [_np(t) for t in d.exit_logits(kdata.normalize(sub.images, sub.info))]
+    for i, zi in enumerate(z):
+        ref = sum(int(np.argmax(zi[b]) == y[b]) for b in range(len(y))) / len(y)
+        assert got[f"exit{i}_acc"] == pytest.approx(ref, abs=1e-12), i
+    # ... and each exit evaluated alone as a plain classifier.
+    for i, m in enumerate(d.exit_models()):
+        assert got[f"exit{i}_acc"] == pytest.approx(kd.evaluate(m, sub)["acc"]), i
+    assert got["exit0_acc"] > got["exit1_acc"] > got["exit2_acc"]
+    # Not the whole test set.
+    full = kd.evaluate(d.exit_models()[0], test)["acc"]
+    assert full != pytest.approx(got["exit0_acc"], abs=1e-9)
+
+
 # Training through kd.run
 
 
@@ -319,9 +357,22 @@ def test_run_saves_the_plain_student(digits_config, name):
     res = kd.run(cfg, progress=False)
     model = res.load_model()
     assert type(model) is type(kd.create_model("resnet8"))
-    ev = kd.evaluate(model, ktrain.load_split(cfg, train=False))
+    test = ktrain.load_split(cfg, train=False)
+    ev = kd.evaluate(model, test)
     assert ev["acc"] == pytest.approx(res.test_acc)
     assert {"train_ce", "train_kd"} <= set(res.history[0])
+    metrics = {k: v for k, v in res.history[0].items() if k.startswith("metric_")}
+    if name == "bake":
+        assert not metrics
+        return
+    # BYOT: every exit's accuracy on the (200-image) test set; the last exit
+    # is the student (test_acc), the others the saved exits evaluated again.
+    assert set(metrics) == {"metric_exit0_acc", "metric_exit1_acc", "metric_exit2_acc"}
+    assert metrics["metric_exit2_acc"] == pytest.approx(res.test_acc, abs=1e-12)
+    exits = ktrain.load_distiller(res).exit_models()
+    for i, m in enumerate(exits):
+        acc = kd.evaluate(m, test)["acc"]
+        assert metrics[f"metric_exit{i}_acc"] == pytest.approx(acc, abs=1e-12), i
 
 
 def test_a_killed_byot_run_resumes_exactly_with_its_exits(
