@@ -18,6 +18,7 @@ from . import (
     plots,
     reproduce,
     results,
+    score,
 )  # noqa: E402
 from .config import PROFILES, Config, make_config, teacher_config  # noqa: E402
 from .distillers import METHODS, Distiller, build, get_method, register  # noqa: E402
@@ -55,4 +56,5 @@ __all__ = [
     "plots",
     "reproduce",
     "results",
+    "score",
 ]

@@ -102,7 +102,9 @@ class Result:
 
     def __repr__(self) -> str:
         at = "" if self.epoch is None else f" after epoch {self.epoch}"
-        return f"Result({self.name}{at}: test acc {100 * self.test_acc:.2f}%)"
+        acc = self.test_acc
+        shown = "not evaluated" if acc is None else f"{100 * acc:.2f}%"
+        return f"Result({self.name}{at}: test acc {shown})"
 
 
 def load_results(folder: str | os.PathLike) -> list[Result]:

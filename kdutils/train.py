@@ -411,7 +411,11 @@ def fit(
             for g, base in zip(opt.param_groups, sched.get_last_lr(), strict=True):
                 g["lr"] = base
         sched.step()
-        evaluated = epoch + 1 == cfg.epochs or (epoch + 1) % cfg.eval_every == 0
+        evaluated = (
+            epoch + 1 == cfg.epochs
+            or (epoch + 1) % cfg.eval_every == 0
+            or epoch + 1 in cfg.save_epochs  # a kept model gets its accuracy
+        )
         ev = (
             evaluate(distiller.student, test)
             if evaluated
@@ -700,7 +704,14 @@ def load_distiller(res: Result | str, device: str | torch.device = "cpu") -> Dis
     if res.path is None:
         raise ValueError(f"{res.name} has no run folder")
     cfg, device = res.cfg, torch.device(device)
-    teacher, _, _ = _load_teachers(cfg, device, progress=False)
+    prov = res.provenance
+    teacher, _, _ = _load_teachers(
+        cfg,
+        device,
+        progress=False,
+        channels_last=prov.get("channels_last", True),
+        amp=prov.get("amp"),
+    )
     student = build_model(cfg.student, cfg.dataset)
     distiller = build(cfg.method, student, teacher, **cfg.method_args)
     distiller.setup(load_split(cfg, True))

@@ -446,9 +446,11 @@ def test_route_kd_trains_one_teacher_and_names_its_epochs(digits_config):
 @pytest.mark.parametrize(
     "epochs,teacher_epochs,checkpoints,save,every",
     [
-        (8, None, None, (2, 4, 6), 2),  # the default: 4 evenly spaced anchors
-        (4, 6, (2, 4, 6), (2, 4), 2),
-        (4, 6, (2, 3, 6), (2, 3), 1),
+        # eval_every stays teacher_config's (the last epoch): the trainer
+        # evaluates every kept epoch by itself
+        (8, None, None, (2, 4, 6), 8),  # the default: 4 evenly spaced anchors
+        (4, 6, (2, 4, 6), (2, 4), 6),
+        (4, 6, (2, 3, 6), (2, 3), 6),
         (2, None, (2,), (), 2),  # one anchor: the teacher alone
     ],
 )

@@ -137,6 +137,7 @@ def test_kd_trains_its_teacher_once_and_shares_it(digits_config, capsys):
 # A different value for every Config field (changing the method changes its
 # hyperparameters too).
 _CHANGES = {
+    "save_epochs": dict(save_epochs=(1,)),
     "method": dict(method="ce", method_args={}),
     "dataset": dict(dataset="fashion-mnist"),
     "student": dict(student="resnet14"),

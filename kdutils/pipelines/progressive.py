@@ -15,7 +15,6 @@ paper constrains the student to.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 from ..config import Config, teacher_config
@@ -83,12 +82,8 @@ def route_kd(
         raise ValueError(
             f"{len(epochs)} anchors do not fit in the student's {cfg.epochs} epochs"
         )
-    # Evaluated at every anchor (teacher_config evaluates only at the end),
-    # so each anchor's test_acc exists: every multiple of their gcd.
-    teacher = run(
-        base.replace(save_epochs=epochs[:-1], eval_every=math.gcd(*epochs)),
-        **run_kwargs,
-    )
+    # The trainer evaluates every kept epoch, so each anchor has its test_acc.
+    teacher = run(base.replace(save_epochs=epochs[:-1]), **run_kwargs)
     ids = [run_id(teacher, e) for e in epochs[:-1]] + [run_id(teacher)]
     anchors = [load_run(i) for i in ids[:-1]] + [teacher]
     for e, a in zip(epochs, anchors, strict=True):
