@@ -8,23 +8,34 @@ seed and writes, under ``out``::
     table.csv, table.md       mean ± std per row, the survey's number, the gap
     conclusions.json          the survey's three conclusions, tested
 
-A run whose JSON exists is not run again, and a run interrupted mid-way
-resumes from its checkpoint in the run cache, so a killed reproduction
-restarts where it stopped. Rows whose method is not in this version of
-kdutils are listed as missing, never filled in.
+Two rows are multi-stage pipelines (the file's ``pipeline`` column): TAKD is
+``kdutils.pipelines.takd`` (teacher -> assistant -> student, all KD) and ALTKD
+is ``kdutils.pipelines.multi_teacher`` (3 teachers trained alone, then an
+``amtmlkd`` student); their models per profile are in ``_PIPELINES``. Such a
+row's Result is its pipeline's last stage, the student; the earlier stages are
+ordinary runs in the run cache, shared with the chapters that run the same
+pipeline.
+
+A run whose JSON exists (with this row's config) is not run again, and a run
+interrupted mid-way resumes from its checkpoint in the run cache, so a killed
+reproduction restarts where it stopped. Rows whose method is not in this
+version of kdutils are listed as missing, never filled in.
 
 Executors: ``local`` runs one after another in this process; ``ray``
-dispatches runs to a Ray cluster (``ray.init(address=...)``), teachers first,
-then students with the teachers' weights shipped through Ray's object store,
-so workers need no shared file system.
+dispatches runs to a Ray cluster (``ray.init(address=...)``): first every
+teacher, then the pipelines' intermediate stages (TAKD's assistant), each
+distinct run once, then the rows, every worker receiving the finished runs'
+weights through Ray's object store, so workers need no shared file system.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
 import os
+import re
 import tarfile
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -56,10 +67,51 @@ _ROW_ARGS: dict[str, dict[str, Any]] = {
     "okddip": {"teacher": None},
 }
 
+# The rows that are pipelines (functions of ``kdutils.pipelines``, called as
+# ``fn(cfg, models)``): the models each profile passes them.
+_PIPELINES: dict[str, dict[str, list[str]]] = {
+    # TAKD's assistants: the survey's ResNet32 between ResNet56 and ResNet20;
+    # quick and smoke bridge their own teacher and student (chapter 12's).
+    "takd": {
+        "paper": ["resnet32"],
+        "quick": ["resnet20"],
+        "smoke": ["resnet8_w16-20-40-80"],
+    },
+    # ALTKD's teachers, the profile's own teacher first: the survey's 3.
+    "multi_teacher": {
+        "paper": ["resnet56", "resnet44", "resnet32"],
+        "quick": ["resnet32", "resnet20", "resnet14"],
+        "smoke": ["resnet14", "resnet8_w16-20-40-80"],
+    },
+}
+# Pipelines whose student is evaluated only after its last epoch, as the
+# chapter that runs the same pipeline does (so the two share their runs).
+_EVAL_ONCE = {"takd"}
+
+
+def _pipeline_fn(name: str) -> Callable[..., list[Result]]:
+    from . import pipelines
+
+    return getattr(pipelines, name)
+
+
+def _execute(
+    cfg: Config, pipeline: str, models: Sequence[str], run: Callable[..., Result]
+) -> Result:
+    """One row's run: ``cfg`` itself, or its pipeline's last stage (the student)."""
+    if not pipeline:
+        return run(cfg, progress=False)
+    return _pipeline_fn(pipeline)(cfg, list(models), run=run, progress=False)[-1]
+
 
 @dataclass(frozen=True)
 class TableRow:
-    """One row of Table 1 and how to run it."""
+    """One row of Table 1 and how to run it.
+
+    ``method`` is what the row's student runs; ``pipeline`` names the
+    ``kdutils.pipelines`` function that produces it when the row is a chain
+    of runs (TAKD, ALTKD), else "".
+    """
 
     family: str
     row: str
@@ -67,6 +119,7 @@ class TableRow:
     survey_acc: float
     note: str = ""
     args: dict[str, Any] = field(default_factory=dict)
+    pipeline: str = ""
 
     @property
     def slug(self) -> str:
@@ -74,22 +127,81 @@ class TableRow:
 
     @property
     def available(self) -> bool:
-        return self.method in METHODS
+        return self.method in METHODS and (
+            not self.pipeline or self.pipeline in _PIPELINES
+        )
 
     @property
     def is_teacher_row(self) -> bool:
         return self.family == "direct training" and self.row != "ResNet20"
 
+    def pipeline_models(self, profile: str) -> list[str]:
+        """The models this pipeline row passes its pipeline in ``profile``."""
+        if not self.pipeline:
+            return []
+        by_profile = _PIPELINES[self.pipeline]
+        if profile not in by_profile:
+            raise ValueError(
+                f"row {self.row}: no {self.pipeline} models for profile "
+                f"{profile!r}; known: {', '.join(by_profile)}"
+            )
+        return list(by_profile[profile])
+
     def config(self, profile: str, seed: int, **overrides: Any) -> Config:
-        """This row's run at ``seed`` in ``profile``."""
+        """This row's run at ``seed`` in ``profile`` (a pipeline row: its input)."""
         if self.is_teacher_row:
             # The teacher trained alone, one run per seed (Table 1's ResNet56).
             # Seed 0 is the very run that teaches every student.
             base = make_config(profile, method="kd", **overrides)
             return teacher_config(base).replace(seed=seed)
-        return make_config(
+        cfg = make_config(
             profile, method=self.method, seed=seed, **{**self.args, **overrides}
         )
+        if self.pipeline in _EVAL_ONCE and "eval_every" not in overrides:
+            cfg = cfg.replace(eval_every=cfg.epochs)
+        return cfg
+
+    def plan(self, cfg: Config) -> list[Config]:
+        """Every run this row makes from ``cfg``, in order; the last is its Result's.
+
+        A plain row: ``[cfg]`` (its teacher, if any, is trained by ``kd.run``).
+        A pipeline row: the pipeline's stages, found by calling it with a
+        ``run`` that trains nothing (each stage's run id is its cache folder's
+        name, which ``run_dir`` computes without training).
+        """
+        if not self.pipeline:
+            return [cfg]
+        from .train import run_dir
+
+        planned: list[Config] = []
+
+        def dry_run(c: Config, **_: Any) -> Result:
+            planned.append(c)
+            return Result(
+                name=c.name,
+                key="",
+                config=c.to_dict(),
+                history=[],
+                final={"test_acc": math.nan, "train_seconds": 0.0},
+                provenance={},
+                path=str(run_dir(c)),
+            )
+
+        models = self.pipeline_models(cfg.profile)
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                _pipeline_fn(self.pipeline)(cfg, models, run=dry_run)
+        except ValueError as e:
+            raise ValueError(
+                f"Table-1 row {self.row} ({self.pipeline} with {models}): {e}"
+            ) from None
+        return planned
+
+    def execute(self, cfg: Config, run: Callable[..., Result] | None = None) -> Result:
+        """Run this row from ``cfg`` (finished stages come from the run cache)."""
+        if run is None:
+            from .train import run
+        return _execute(cfg, self.pipeline, self.pipeline_models(cfg.profile), run)
 
 
 def table1_rows() -> list[TableRow]:
@@ -102,16 +214,44 @@ def table1_rows() -> list[TableRow]:
             r["survey_acc"],
             r["note"],
             _ROW_ARGS.get(r["method"], {}),
+            r.get("pipeline") or "",
         )
         for r in survey_table1()
     ]
+
+
+# A run id's cache key (``run_id``: "<name>-<12 hex>", maybe "@e<N>" after).
+_RUN_KEY = re.compile(r"-[0-9a-f]{12}(?=(@e\d+)?$)")
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's config with its ``teacher_runs`` named without their cache keys.
+
+    A saved row counts as done when its config is the one the row would run
+    now. The keys in ``teacher_runs`` (a pipeline's earlier stages) also hash
+    the training code, which a plain row's config does not; compared without
+    them, a pipeline row goes stale when its stages' configs change, and not
+    when only the code does, like a plain row.
+    """
+    runs = config.get("teacher_runs") or []
+    return {**config, "teacher_runs": [_RUN_KEY.sub("", r) for r in runs]}
 
 
 @dataclass
 class _Task:
     row: TableRow
     seed: int
-    cfg: Config
+    cfg: Config  # the row's config (a pipeline row: the pipeline's input)
+    plan: list[Config] = field(default_factory=list)  # TableRow.plan(cfg)
+
+    def __post_init__(self) -> None:
+        if not self.plan:
+            self.plan = self.row.plan(self.cfg)
+
+    @property
+    def final(self) -> Config:
+        """The config of the run whose Result is this task's."""
+        return self.plan[-1]
 
     @property
     def label(self) -> str:
@@ -120,6 +260,10 @@ class _Task:
     @property
     def filename(self) -> str:
         return f"{self.row.slug}-s{self.seed}.json"
+
+    def is_done_by(self, res: Result) -> bool:
+        """Whether a saved Result is this task's run (see :func:`_comparable`)."""
+        return _comparable(res.config) == _comparable(self.final.to_dict())
 
 
 # Executors: each takes the tasks still to run and calls ``done(task, result)``
@@ -130,7 +274,7 @@ def _run_local(tasks: Sequence[_Task], done: Callable, **_: Any) -> None:
     from .train import run
 
     for task in tasks:
-        done(task, run(task.cfg, progress=False))
+        done(task, task.row.execute(task.cfg, run=run))
 
 
 def _export_run(res: Result) -> bytes:
@@ -157,15 +301,67 @@ def _import_run(cfg_dict: dict, blob: bytes) -> None:
 
 
 def _ray_worker(
-    cfg_dict: dict, teachers: list[tuple[dict, bytes]], export: bool
+    cfg_dict: dict,
+    teachers: list[tuple[dict, bytes]],
+    export: bool,
+    pipeline: str = "",
+    models: Sequence[str] = (),
 ) -> tuple[str, bytes | None]:
-    """Runs on a Ray worker: import the teachers, run, return the Result JSON."""
+    """Runs on a Ray worker: import the finished runs, run, return the Result JSON.
+
+    ``teachers`` are exported runs (teachers, assistants) as ``(config,
+    tar bytes)``; with ``pipeline``, ``cfg_dict`` is a pipeline row's input
+    and the pipeline runs here, its earlier stages loaded from those runs
+    (any stage not among them is trained here, in this worker's cache).
+    """
     from .train import run
 
     for t_cfg, blob in teachers:
         _import_run(t_cfg, blob)
-    res = run(Config.from_dict(cfg_dict), progress=False)
+    res = _execute(Config.from_dict(cfg_dict), pipeline, models, run)
     return res.to_json(), (_export_run(res) if export else None)
+
+
+def _prerequisites(tasks: Sequence[_Task]) -> list[list[Config]]:
+    """The runs that ``tasks`` need finished first, by level, each run once.
+
+    Level 0: runs that learn from no other run (teachers trained alone);
+    level n: runs whose teacher(s) are at levels below n (TAKD's assistant,
+    taught by the teacher). A run's teachers are ``teacher_config`` of it, or
+    the planned stages its ``teacher_runs`` name.
+    """
+    from .train import run_dir
+
+    planned = {run_dir(c).name: c for t in tasks for c in t.plan[:-1]}
+
+    def deps(c: Config) -> list[Config]:
+        if not get_method(c.method).needs_teacher:
+            return []
+        if c.teacher_runs:  # runs not planned here must be in the workers' caches
+            return [planned[r] for r in c.teacher_runs if r in planned]
+        return [teacher_config(c)] if c.teacher is not None else []
+
+    level: dict[str, int] = {}
+    cfgs: dict[str, Config] = {}
+
+    def visit(c: Config) -> int:
+        k = c.key_json()
+        if k not in level:
+            level[k] = 1 + max((visit(d) for d in deps(c)), default=-1)
+            cfgs[k] = c
+        return level[k]
+
+    for t in tasks:
+        for c in t.plan[:-1]:
+            visit(c)
+        for d in deps(t.final):
+            visit(d)
+    levels: list[list[Config]] = [
+        [] for _ in range(1 + max(level.values(), default=-1))
+    ]
+    for k, c in cfgs.items():
+        levels[level[k]].append(c)
+    return levels
 
 
 def _run_ray(
@@ -186,29 +382,32 @@ def _run_ray(
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
     worker = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run)(_ray_worker)
 
-    # Phase 1: every distinct teacher, once, in parallel; phase 2: the rest,
-    # each worker receiving the teachers' weights with its task.
-    teacher_cfgs: dict[str, Config] = {}
-    for t in tasks:
-        if (
-            get_method(t.cfg.method).needs_teacher
-            and t.cfg.teacher is not None
-            and not t.cfg.teacher_runs
-        ):
-            tc = teacher_config(t.cfg)
-            teacher_cfgs[tc.key_json()] = tc
+    # Phase 1: every distinct teacher, once, in parallel; then the pipelines'
+    # intermediate stages (TAKD's assistant: one run serves every seed), level
+    # by level; last, the rows. Each worker receives the weights of every run
+    # finished before its phase.
     blobs: list[tuple[dict, bytes]] = []
-    pending = {
-        worker.remote(tc.to_dict(), [], True): tc for tc in teacher_cfgs.values()
-    }
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        tc = pending.pop(ready[0])
-        _, blob = ray.get(ready[0])
-        blobs.append((tc.to_dict(), blob))
-        print(f"[teacher] {tc.name}: trained, shipped to the workers")
+    for stage in _prerequisites(tasks):
+        shared = ray.put(list(blobs))
+        pending = {worker.remote(c.to_dict(), shared, True): c for c in stage}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            c = pending.pop(ready[0])
+            _, blob = ray.get(ready[0])
+            blobs.append((c.to_dict(), blob))
+            what = "teacher" if c.method == "ce" else "assistant"
+            print(f"[{what}] {c.name}: trained, shipped to the workers")
     shared = ray.put(blobs)
-    pending = {worker.remote(t.cfg.to_dict(), shared, False): t for t in tasks}
+    pending = {
+        worker.remote(
+            t.cfg.to_dict(),
+            shared,
+            False,
+            t.row.pipeline,
+            t.row.pipeline_models(t.cfg.profile),
+        ): t
+        for t in tasks
+    }
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1)
         task = pending.pop(ready[0])
@@ -266,7 +465,12 @@ def reproduce(
 
     missing = [r for r in all_rows if not r.available]
     for r in missing:
-        print(f"[missing] {r.row}: method {r.method!r} is not in this kdutils yet")
+        what = (
+            f"method {r.method!r}"
+            if r.method not in METHODS
+            else f"pipeline {r.pipeline!r}"
+        )
+        print(f"[missing] {r.row}: {what} is not in this kdutils yet")
     tasks = [
         _Task(r, s, r.config(profile, s, **(overrides or {})))
         for r in all_rows
@@ -279,7 +483,7 @@ def reproduce(
         path = runs_dir / t.filename
         if path.exists():
             res = Result.load(path)
-            if res.config == t.cfg.to_dict():
+            if t.is_done_by(res):
                 results[(t.row.row, t.seed)] = res
                 continue
             print(f"[stale] {t.label}: {path} has another config; running again")

@@ -23,11 +23,64 @@ DIGITS = dict(
 )
 
 
+# The pipeline rows need a teacher larger than smoke's assistant
+# (resnet8_w16-20-40-80), itself larger than the student: smoke's resnet14.
+PIPE = dict(DIGITS, teacher="resnet14")
+ASSISTANT = "resnet8_w16-20-40-80"
+
+
 def test_table1_rows_follow_the_survey_file():
     rows = rep.table1_rows()
     assert [r.row for r in rows] == [r["row"] for r in kd.survey_table1()]
     assert len(rows) == 16
     assert {"ce", "kd"} <= {r.method for r in rows if r.available}
+    assert all(r.available for r in rows), [r.row for r in rows if not r.available]
+
+
+def test_pipeline_rows_and_their_models_per_profile():
+    rows = {r.row: r for r in rep.table1_rows()}
+    takd, altkd = rows["TAKD"], rows["ALTKD"]
+    assert (takd.method, takd.pipeline) == ("kd", "takd")
+    assert (altkd.method, altkd.pipeline) == ("amtmlkd", "multi_teacher")
+    assert takd.pipeline_models("paper") == ["resnet32"]  # the survey's assistant
+    for profile in ("paper", "quick"):  # the survey's 3 teachers
+        assert len(altkd.pipeline_models(profile)) == 3
+    for profile, assistant in [
+        ("smoke", ASSISTANT),
+        ("quick", "resnet20"),
+        ("paper", "resnet32"),
+    ]:
+        # Chapter 12's config, so the two share their runs.
+        base = kd.make_config(profile, method="kd", seed=1)
+        ch12 = kd.make_config(
+            profile, method="kd", teacher=base.teacher, seed=1, eval_every=base.epochs
+        )
+        cfg = takd.config(profile, 1)
+        assert cfg == ch12
+        teacher, a, student = takd.plan(cfg)  # chain_sizes accepts the chain
+        assert (teacher.method, teacher.student) == ("ce", base.teacher)
+        assert (a.student, a.teacher, a.seed) == (assistant, base.teacher, 0)
+        assert (student.teacher, student.student) == (assistant, base.student)
+        acfg = altkd.config(profile, 1)
+        assert acfg == kd.make_config(profile, method="amtmlkd", seed=1)
+        plan = altkd.plan(acfg)
+        teachers = altkd.pipeline_models(profile)
+        assert [c.student for c in plan[:-1]] == teachers
+        assert teachers[0] == base.teacher
+        assert plan[-1].teacher == teachers[0] and len(plan[-1].teacher_runs) == len(
+            teachers
+        )
+
+
+def test_all_rows_are_run_none_missing(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setitem(
+        rep.EXECUTORS, "local", lambda tasks, done, **_: seen.extend(tasks)
+    )
+    out = rep.reproduce("smoke", [0], out=tmp_path / "t1", rows=None)
+    assert out["missing"] == []
+    assert [t.row.row for t in seen] == [r["row"] for r in kd.survey_table1()]
+    assert "Rows not in this version" not in (tmp_path / "t1" / "table.md").read_text()
 
 
 def test_the_teacher_row_seed0_is_the_run_that_teaches_students():
@@ -107,6 +160,87 @@ def test_reproduce_resumes_without_training_again(tmp_path, capsys, monkeypatch)
     assert again["table"] == first["table"]
 
 
+def test_pipeline_rows_run_resume_and_restart_where_they_stopped(
+    tmp_path, capsys, monkeypatch
+):
+    args = dict(out=tmp_path / "t1", rows=["TAKD", "ALTKD"], overrides=PIPE)
+    real_run = ktrain.run
+    calls, trained, interrupt = [], [], True
+
+    def counting_run(cfg, **kw):
+        calls.append(cfg)
+        if cfg.method == "kd" and cfg.teacher_runs and interrupt:
+            raise KeyboardInterrupt  # killed at TAKD's student, its 3rd stage
+        res = real_run(cfg, **kw)
+        if not res.from_cache:
+            trained.append(cfg.name)
+        return res
+
+    monkeypatch.setattr(ktrain, "run", counting_run)
+    with pytest.raises(KeyboardInterrupt):
+        rep.reproduce("smoke", [0], **args)
+    assert trained == ["ce-resnet14-digits-s0", f"kd-resnet14-{ASSISTANT}-digits-s0"]
+    assert not (tmp_path / "t1" / "runs" / "takd-s0.json").exists()
+    trained.clear()
+    interrupt = False
+    capsys.readouterr()
+    out = rep.reproduce("smoke", [0], **args)
+    printed = capsys.readouterr().out
+    # Restarted where it stopped: the teacher and the assistant from the cache.
+    assert trained == [
+        f"kd-{ASSISTANT}-resnet8-digits-s0",  # TAKD's student
+        f"ce-{ASSISTANT}-digits-s0",  # ALTKD's second teacher (resnet14: cached)
+        "amtmlkd-resnet14-resnet8-digits-s0",
+    ]
+    assert "[1/2] TAKD s0" in printed and "[2/2] ALTKD s0" in printed
+    assert out["missing"] == []
+
+    # The rows' Results are the pipelines' students, taught by the right runs.
+    rows = {r.row: r for r in rep.table1_rows()}
+    takd_cfg = rows["TAKD"].config("smoke", 0, **PIPE)
+    assistant = real_run(
+        takd_cfg.replace(student=ASSISTANT, seed=0, eval_every=takd_cfg.epochs)
+    )
+    saved = kd.Result.load(tmp_path / "t1" / "runs" / "takd-s0.json")
+    assert saved.config["teacher_runs"] == [ktrain.run_id(assistant)]
+    assert saved.config["teacher"] == ASSISTANT and saved.config["method"] == "kd"
+    altkd_cfg = rows["ALTKD"].config("smoke", 0, **PIPE)
+    teachers = [
+        real_run(kd.teacher_config(altkd_cfg.replace(teacher=t)))
+        for t in ("resnet14", ASSISTANT)
+    ]
+    saved = kd.Result.load(tmp_path / "t1" / "runs" / "altkd-s0.json")
+    assert saved.config["teacher_runs"] == [ktrain.run_id(t) for t in teachers]
+    assert saved.config["method"] == "amtmlkd"
+    table = {t["row"]: t for t in out["table"]}
+    assert table["TAKD"]["model"] == "resnet8" and len(table["ALTKD"]["accs"]) == 1
+
+    # Done rows are recognised: nothing runs, not even from the cache.
+    calls.clear()
+    capsys.readouterr()
+    again = rep.reproduce("smoke", [0], **args)
+    assert "[resume] 2 of 2 runs already done" in capsys.readouterr().out
+    assert calls == [] and again["table"] == out["table"]
+
+
+def test_a_pipeline_row_is_stale_when_its_stages_change_not_the_code():
+    row = {r.row: r for r in rep.table1_rows()}["TAKD"]
+    task = rep._Task(row, 0, row.config("smoke", 0))
+    final = task.final.to_dict()
+    (run,) = final["teacher_runs"]
+
+    def saved(**changes):
+        return kd.Result("x", "k", {**final, **changes}, [], {}, {})
+
+    assert task.is_done_by(saved())
+    # Another code version: the same stage under another cache key.
+    assert task.is_done_by(saved(teacher_runs=[run[:-12] + "0123456789ab"]))
+    # Another assistant, or another seed of it: another experiment.
+    assert not task.is_done_by(saved(teacher_runs=[run.replace("-s0-", "-s1-")]))
+    assert not task.is_done_by(saved(teacher_runs=[]))
+    assert not task.is_done_by(saved(teacher="resnet20"))
+
+
 def test_rows_whose_method_is_missing_are_listed_not_filled(tmp_path, monkeypatch):
     monkeypatch.delitem(kd.METHODS, "kd")
     out = rep.reproduce(
@@ -127,6 +261,9 @@ def test_bad_rows_and_executors_are_clear_errors(tmp_path):
         rep.reproduce("smoke", [0], out=tmp_path, executor="slurm")
     with pytest.raises(ValueError, match="at least one seed"):
         rep.reproduce("smoke", [], out=tmp_path)
+    # TAKD's assistant must fit between teacher and student (here both resnet8).
+    with pytest.raises(ValueError, match=r"row TAKD \(takd with .*smaller than"):
+        rep.reproduce("smoke", [0], out=tmp_path, rows=["TAKD"], overrides=DIGITS)
 
 
 def test_cli_reproduce_rejects_bad_input_in_one_line(capsys):
@@ -190,11 +327,14 @@ def test_welch_p_value_matches_scipy_formula():
 # Ray: a local instance on the CPU, workers with their own cache
 
 
-def test_ray_executor_gives_the_local_results(tmp_path, monkeypatch):
+def test_ray_executor_gives_the_local_results(tmp_path, monkeypatch, capsys):
     ray = pytest.importorskip("ray")
-    rows = ["ResNet20", "KD"]
+    # A plain row, a distilled one and a pipeline, TAKD, whose assistant is
+    # trained in a phase of its own, between the teacher's and the rows'
+    # (ALTKD's teachers are teachers like KD's: the local test covers it).
+    rows = ["ResNet20", "KD", "TAKD"]
     local = rep.reproduce(
-        "smoke", [0], out=tmp_path / "local", rows=rows, overrides=DIGITS
+        "smoke", [0], out=tmp_path / "local", rows=rows, overrides=PIPE
     )
     worker_cache = tmp_path / "worker-cache"
     ray.init(
@@ -206,23 +346,32 @@ def test_ray_executor_gives_the_local_results(tmp_path, monkeypatch):
     try:
         # A driver cache with nothing in it: everything must come from the workers.
         monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "driver-cache"))
+        capsys.readouterr()
         remote = rep.reproduce(
             "smoke",
             [0],
             out=tmp_path / "ray",
             rows=rows,
-            overrides=DIGITS,
+            overrides=PIPE,
             executor="ray",
         )
+        printed = capsys.readouterr().out
     finally:
         ray.shutdown()
     assert [t["accs"] for t in remote["table"]] == [t["accs"] for t in local["table"]]
     assert (worker_cache / "runs").is_dir()
     assert not (tmp_path / "driver-cache").exists()
-    assert sorted(p.name for p in (tmp_path / "ray" / "runs").iterdir()) == [
-        "kd-s0.json",
-        "resnet20-s0.json",
-    ]
+    names = ["kd-s0.json", "resnet20-s0.json", "takd-s0.json"]
+    assert sorted(p.name for p in (tmp_path / "ray" / "runs").iterdir()) == names
+    for name in names:  # the same runs, down to the teachers' run ids
+        assert (
+            json.loads((tmp_path / "ray" / "runs" / name).read_text())["config"]
+            == json.loads((tmp_path / "local" / "runs" / name).read_text())["config"]
+        )
+    # The teacher (KD's and TAKD's) and the assistant trained once, in order.
+    assert printed.count("[teacher] ce-resnet14-digits-s0:") == 1
+    assert printed.count(f"[assistant] kd-resnet14-{ASSISTANT}-digits-s0:") == 1
+    assert printed.index("[assistant]") > printed.rindex("[teacher]")
 
 
 def test_online_rows_train_without_a_teacher_and_with_three_students():
