@@ -87,6 +87,11 @@ _PIPELINES: dict[str, dict[str, list[str]]] = {
 # Pipelines whose student is evaluated only after its last epoch, as the
 # chapter that runs the same pipeline does (so the two share their runs).
 _EVAL_ONCE = {"takd"}
+# Rows whose method's chapter (3, 4, 5) evaluates it only after the last
+# epoch: the table needs no more (only final accuracies enter it), and the
+# same config shares the chapter's runs. The baselines and the online rows
+# keep per-epoch evaluation, as chapters 1 and 6, which plot their curves.
+_EVAL_ONCE_METHODS = {"crd", "fitnet", "at", "afd", "fsp", "rkd", "irg", "sp"}
 
 
 def _pipeline_fn(name: str) -> Callable[..., list[Result]]:
@@ -157,7 +162,9 @@ class TableRow:
         cfg = make_config(
             profile, method=self.method, seed=seed, **{**self.args, **overrides}
         )
-        if self.pipeline in _EVAL_ONCE and "eval_every" not in overrides:
+        if (
+            self.pipeline in _EVAL_ONCE or self.method in _EVAL_ONCE_METHODS
+        ) and "eval_every" not in overrides:
             cfg = cfg.replace(eval_every=cfg.epochs)
         return cfg
 
