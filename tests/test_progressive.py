@@ -428,10 +428,8 @@ def test_route_kd_trains_one_teacher_and_names_its_epochs(digits_config):
     assert len(calls) == 2 and len(out) == 4
     t_cfg, s_cfg = calls
     # One teacher run: the ordinary teacher's config, keeping epochs 1 and 3
-    # and evaluated at each anchor (every epoch here).
-    assert t_cfg == kd.config.teacher_config(cfg).replace(
-        save_epochs=(1, 3), eval_every=1
-    )
+    # (the trainer evaluates every kept epoch by itself).
+    assert t_cfg == kd.config.teacher_config(cfg).replace(save_epochs=(1, 3))
     *anchors, student = out
     folder = Path(anchors[-1].path)
     assert [a.epoch for a in anchors] == [1, 3, None]
@@ -510,12 +508,11 @@ def test_route_kd_end_to_end_and_the_student_resumes_exactly(
     cfg = digits_config(method="rco", teacher="resnet8", epochs=2)
     anchor1, anchor2, student = route_kd(cfg, checkpoints=(1, 2), progress=False)
     out = capsys.readouterr().out
-    # One teacher run, evaluated after each epoch, kept after epoch 1.
+    # One teacher run, kept (and so evaluated) after epoch 1.
     folder = Path(anchor2.path)
     assert Path(anchor1.path) == folder and anchor1.epoch == 1 and anchor2.epoch is None
-    assert anchor2.cfg == kd.config.teacher_config(cfg).replace(
-        save_epochs=(1,), eval_every=1
-    )
+    assert anchor2.cfg == kd.config.teacher_config(cfg).replace(save_epochs=(1,))
+    assert [h["test_acc"] is not None for h in anchor2.history] == [True, True]
     assert out.count("[train] ce-resnet8-digits") == 1
     assert (folder / "model-e1.pt").exists() and not (folder / "model-e2.pt").exists()
     h = anchor2.history
