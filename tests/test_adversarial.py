@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from training_stops import interrupt as _interrupt
 
 import kdutils as kd
 import kdutils.data as kdata
@@ -360,18 +361,6 @@ def test_bad_hyperparameters(name, bad):
 
 
 # End to end: kd.run, history of the game, exact resume
-
-
-def _interrupt(m, epoch: int, after: int) -> None:
-    original = kdata.Loader.__iter__
-
-    def wrapped(self):
-        for i, batch in enumerate(original(self)):
-            if self.shuffle and self.epoch == epoch and i == after:
-                raise KeyboardInterrupt
-            yield batch
-
-    m.setattr(kdata.Loader, "__iter__", wrapped)
 
 
 @pytest.mark.parametrize("name", ["advlogit", "advfeat"])

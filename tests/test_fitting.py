@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
+from training_stops import interrupt as _interrupt
 
 import kdutils as kd
 from kdutils import losses
@@ -663,19 +664,6 @@ def test_vid_pools_the_larger_map_to_the_smaller():
 
 
 # Whole runs: stages before training, schedules, resuming
-
-
-def _interrupt(m: pytest.MonkeyPatch, epoch: int, after: int) -> None:
-    """Raise KeyboardInterrupt after ``after`` batches of training epoch ``epoch``."""
-    original = kd.data.Loader.__iter__
-
-    def wrapped(self):
-        for i, batch in enumerate(original(self)):
-            if self.shuffle and self.epoch == epoch and i == after:
-                raise KeyboardInterrupt
-            yield batch
-
-    m.setattr(kd.data.Loader, "__iter__", wrapped)
 
 
 def _assert_same_weights(a, b) -> None:

@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from training_stops import interrupt as _interrupt
 
 import kdutils as kd
 from kdutils import data as kdata
@@ -330,18 +331,6 @@ def _teacher_runs(digits_config) -> tuple[str, str]:
         for s in (0, 1)
     ]
     return tuple(ktrain.run_id(r) for r in runs)
-
-
-def _interrupt(m, epoch: int, after: int) -> None:
-    original = kdata.Loader.__iter__
-
-    def wrapped(self):
-        for i, batch in enumerate(original(self)):
-            if self.shuffle and self.epoch == epoch and i == after:
-                raise KeyboardInterrupt
-            yield batch
-
-    m.setattr(kdata.Loader, "__iter__", wrapped)
 
 
 def test_amtmlkd_runs_with_two_teacher_runs_and_resumes_exactly(

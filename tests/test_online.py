@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from training_stops import interrupt as _interrupt
 
 import kdutils as kd
 from kdutils import data as kdata
@@ -812,18 +813,6 @@ def test_run_reports_and_saves_the_deployable_student(digits_config, name):
     # (The run's layout is channels-last: the float32 logits differ in the
     # last bits, so pair_kl to a relative 1e-5.)
     _assert_metrics(metrics, member_metrics(members, ktrain.load_split(cfg, False)))
-
-
-def _interrupt(m, epoch: int, after: int) -> None:
-    original = kdata.Loader.__iter__
-
-    def wrapped(self):
-        for i, batch in enumerate(original(self)):
-            if self.shuffle and self.epoch == epoch and i == after:
-                raise KeyboardInterrupt
-            yield batch
-
-    m.setattr(kdata.Loader, "__iter__", wrapped)
 
 
 @pytest.mark.parametrize("name", NAMES)

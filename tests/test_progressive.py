@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from training_stops import interrupt as _interrupt
 
 import kdutils as kd
 import kdutils.data as kdata
@@ -276,18 +277,6 @@ def test_snapshot_runs_at_the_schedule_times_the_cycles_cosine(digits_config):
 
 
 # End to end: kd.run, resume across and inside a cycle
-
-
-def _interrupt(m, epoch: int, after: int) -> None:
-    original = kdata.Loader.__iter__
-
-    def wrapped(self):
-        for i, batch in enumerate(original(self)):
-            if self.shuffle and self.epoch == epoch and i == after:
-                raise KeyboardInterrupt
-            yield batch
-
-    m.setattr(kdata.Loader, "__iter__", wrapped)
 
 
 def _same_models(a: Path, b: Path) -> None:

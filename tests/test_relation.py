@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from training_stops import interrupt as _interrupt
 
 import kdutils as kd
 from kdutils import data as kdata
@@ -530,18 +531,6 @@ def test_crd_rejects_bad_hyperparameters(bad):
 
 
 # CRD resumes exactly: weights, heads, memory banks, Z and the sampler
-
-
-def _interrupt(m, epoch: int, after: int) -> None:
-    original = kdata.Loader.__iter__
-
-    def wrapped(self):
-        for i, batch in enumerate(original(self)):
-            if self.shuffle and self.epoch == epoch and i == after:
-                raise KeyboardInterrupt
-            yield batch
-
-    m.setattr(kdata.Loader, "__iter__", wrapped)
 
 
 def _checkpoint_after(cfg, epoch, monkeypatch):

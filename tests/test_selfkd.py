@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from training_stops import interrupt as _interrupt
 
 import kdutils as kd
 from kdutils import data as kdata
@@ -337,18 +338,6 @@ def test_byot_epoch_metrics_are_each_exits_accuracy_on_2000_test_images():
 
 
 # Training through kd.run
-
-
-def _interrupt(m, epoch: int, after: int) -> None:
-    original = kdata.Loader.__iter__
-
-    def wrapped(self):
-        for i, batch in enumerate(original(self)):
-            if self.shuffle and self.epoch == epoch and i == after:
-                raise KeyboardInterrupt
-            yield batch
-
-    m.setattr(kdata.Loader, "__iter__", wrapped)
 
 
 @pytest.mark.parametrize("name", ["byot", "bake"])

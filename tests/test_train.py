@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from training_stops import interrupt as _interrupt
 
 import kdutils as kd
 from kdutils import data as kdata
@@ -37,19 +38,6 @@ def _assert_same_weights(a: Result, b: Result) -> None:
 
 def _use_cache(monkeypatch, path: Path) -> None:
     monkeypatch.setenv("KD_CACHE_DIR", str(path))
-
-
-def _interrupt(m: pytest.MonkeyPatch, epoch: int, after: int) -> None:
-    """Raise KeyboardInterrupt after ``after`` training batches of epoch index ``epoch``."""
-    original = kdata.Loader.__iter__
-
-    def wrapped(self):
-        for i, batch in enumerate(original(self)):
-            if self.shuffle and self.epoch == epoch and i == after:
-                raise KeyboardInterrupt
-            yield batch
-
-    m.setattr(kdata.Loader, "__iter__", wrapped)
 
 
 def _steps(cfg: Config) -> int:

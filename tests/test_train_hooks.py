@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.optim.optimizer import register_optimizer_step_pre_hook
+from training_stops import interrupt as _interrupt
 
 import kdutils as kd
 from kdutils import data as kdata
@@ -34,19 +35,6 @@ def _same_state(a: dict, b: dict) -> bool:
 
 def _use_cache(monkeypatch, path: Path) -> None:
     monkeypatch.setenv("KD_CACHE_DIR", str(path))
-
-
-def _interrupt(m: pytest.MonkeyPatch, epoch: int, after: int) -> None:
-    """Raise KeyboardInterrupt after ``after`` training batches of epoch index ``epoch``."""
-    original = kdata.Loader.__iter__
-
-    def wrapped(self):
-        for i, batch in enumerate(original(self)):
-            if self.shuffle and self.epoch == epoch and i == after:
-                raise KeyboardInterrupt
-            yield batch
-
-    m.setattr(kdata.Loader, "__iter__", wrapped)
 
 
 def _no_seconds(history: list[dict]) -> list[dict]:
