@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from pybtex.database import parse_file
+from pybtex.scanner import PybtexSyntaxError
 
 ROOT = Path(__file__).resolve().parents[1]
 BIB = ROOT / "book" / "references.bib"
@@ -21,7 +22,9 @@ def _sources():
         yield path, path.read_text(encoding="utf-8")
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-        text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+        text = "\n".join(
+            "".join(c["source"]) for c in cells if c["cell_type"] == "markdown"
+        )
         yield path, text
 
 
@@ -44,9 +47,11 @@ def test_every_citation_is_in_the_bibliography():
     assert not missing, f"citations with no bibliography entry: {missing}"
 
 
-@pytest.mark.parametrize("bad", ["@misc{a,\n  title = {x}\n\n@misc{b,\n title={y}\n}\n"])
+@pytest.mark.parametrize(
+    "bad", ["@misc{a,\n  title = {x}\n\n@misc{b,\n title={y}\n}\n"]
+)
 def test_an_unclosed_entry_is_caught(tmp_path, bad):
     path = tmp_path / "bad.bib"
     path.write_text(bad)
-    with pytest.raises(Exception):
+    with pytest.raises(PybtexSyntaxError):
         parse_file(str(path))
