@@ -67,6 +67,25 @@ _ROW_ARGS: dict[str, dict[str, Any]] = {
     "okddip": {"teacher": None},
 }
 
+# Row settings that are lengths of a schedule, given for the paper's 240
+# epochs and scaled to the profile's (at least 1 epoch), as the chapters scale
+# them: FSP's first stage (Yim et al.'s 30 epochs of FSP matching), which the
+# 8-epoch quick profile would otherwise run in full, training its student 38
+# epochs where every other row trains 8.
+_SCHEDULED_ARGS: dict[str, dict[str, int]] = {
+    "fsp": {"init_epochs": 30},
+}
+_PAPER_EPOCHS = 240
+
+
+def scaled_row_args(method: str, epochs: int) -> dict[str, int]:
+    """``method``'s schedule-length settings for an ``epochs``-epoch run."""
+    return {
+        k: max(1, round(v * epochs / _PAPER_EPOCHS))
+        for k, v in _SCHEDULED_ARGS.get(method, {}).items()
+    }
+
+
 # The rows that are pipelines (functions of ``kdutils.pipelines``, called as
 # ``fn(cfg, models)``): the models each profile passes them.
 _PIPELINES: dict[str, dict[str, list[str]]] = {
@@ -159,9 +178,10 @@ class TableRow:
             # Seed 0 is the very run that teaches every student.
             base = make_config(profile, method="kd", **overrides)
             return teacher_config(base).replace(seed=seed)
-        cfg = make_config(
-            profile, method=self.method, seed=seed, **{**self.args, **overrides}
-        )
+        args = {**self.args, **overrides}
+        epochs = make_config(profile, method=self.method, **args).epochs
+        args = {**scaled_row_args(self.method, epochs), **args}
+        cfg = make_config(profile, method=self.method, seed=seed, **args)
         if (
             self.pipeline in _EVAL_ONCE or self.method in _EVAL_ONCE_METHODS
         ) and "eval_every" not in overrides:

@@ -382,3 +382,18 @@ def test_online_rows_train_without_a_teacher_and_with_three_students():
         args = cfg.method_args
         assert args.get("num_peers", args.get("num_branches")) == 3, (name, args)
     assert rows["KD"].config("smoke", 0).teacher is not None
+
+
+def test_fsp_first_stage_is_scaled_to_the_profile_schedule():
+    """FSP's 30-epoch first stage is the paper's (240 epochs); shorter profiles
+    scale it, so the FSP row trains as long as the other rows, as in chapter 4."""
+    row = next(r for r in rep.table1_rows() if r.row == "FSP")
+    for profile, stage in (("paper", 30), ("quick", 1), ("smoke", 1)):
+        assert row.config(profile, 0).method_args["init_epochs"] == stage
+    # A 120-epoch run gets half the paper's stage; a user's setting wins.
+    assert row.config("paper", 0, epochs=120).method_args["init_epochs"] == 15
+    assert row.config("quick", 0, init_epochs=4).method_args["init_epochs"] == 4
+    # Rows without schedule-length settings are untouched.
+    assert rep.scaled_row_args("kd", 8) == {}
+    kd_row = next(r for r in rep.table1_rows() if r.row == "KD")
+    assert kd_row.config("quick", 0) == kd.make_config("quick", method="kd", seed=0)
