@@ -37,7 +37,6 @@ import math
 import os
 import re
 import tarfile
-import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -293,8 +292,47 @@ class _Task:
         return _comparable(res.config) == _comparable(self.final.to_dict())
 
 
+def _in_cache(task: _Task) -> bool:
+    """Whether every run of ``task`` is already in the run cache (no training)."""
+    from .train import run_dir
+
+    return all((run_dir(c) / "result.json").exists() for c in task.plan)
+
+
+def _eta_seconds(
+    left: Sequence[_Task], known: dict[tuple[str, int], Result], parallel: int = 1
+) -> float | None:
+    """Seconds the runs in ``left`` will take, from the runs already in hand.
+
+    A run found in the run cache costs nothing; any other costs what its row's
+    finished runs took to train (their recorded ``train_seconds``), or, for a
+    row with none yet, the mean over all finished runs. ``None`` while no run
+    has a recorded time. ``parallel`` runs go at once (Ray's slots).
+    """
+    times: dict[str, list[float]] = {}
+    for (row, _), res in known.items():
+        t = res.final.get("train_seconds")
+        if t is not None and math.isfinite(t):
+            times.setdefault(row, []).append(float(t))
+    to_train = [t for t in left if not _in_cache(t)]
+    if not to_train:
+        return 0.0
+    if not times:
+        return None
+    overall = [x for v in times.values() for x in v]
+    mean_all = sum(overall) / len(overall)
+    total = sum(
+        (sum(times[t.row.row]) / len(times[t.row.row]))
+        if t.row.row in times
+        else mean_all
+        for t in to_train
+    )
+    return total / max(1, min(parallel, len(to_train)))
+
+
 # Executors: each takes the tasks still to run and calls ``done(task, result)``
-# as runs finish (in any order).
+# as runs finish (in any order). An executor that runs several at once sets
+# ``done.parallel`` to how many, for the ETA.
 
 
 def _run_local(tasks: Sequence[_Task], done: Callable, **_: Any) -> None:
@@ -407,6 +445,13 @@ def _run_ray(
         ) from None
     if not ray.is_initialized():
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    resources = ray.cluster_resources()
+    slots = (
+        resources.get("GPU", 0) / gpus_per_run
+        if gpus_per_run > 0
+        else resources.get("CPU", 1) / max(cpus_per_run, 1e-9)
+    )
+    done.parallel = max(1, int(slots))
     worker = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run)(_ray_worker)
 
     # Phase 1: every distinct teacher, once, in parallel; then the pipelines'
@@ -518,22 +563,21 @@ def reproduce(
     if results:
         print(f"[resume] {len(results)} of {len(tasks)} runs already done in {out}")
 
-    start, n_done = time.perf_counter(), 0
+    finished: set[str] = set()
 
     def done(task: _Task, res: Result) -> None:
-        nonlocal n_done
-        n_done += 1
+        finished.add(task.label)
         res.save(runs_dir / task.filename)
         results[(task.row.row, task.seed)] = res
-        elapsed = time.perf_counter() - start
-        left = len(todo) - n_done
-        eta = elapsed / n_done * left
-        print(
-            f"[{len(results)}/{len(tasks)}] {task.label}: "
-            f"{100 * res.test_acc:.2f}%"
-            + (f"  (ETA {_fmt_duration(eta)} for {left} more)" if left else ""),
-            flush=True,
-        )
+        left = [t for t in todo if t.label not in finished]
+        line = f"[{len(results)}/{len(tasks)}] {task.label}: {100 * res.test_acc:.2f}%"
+        if left:
+            eta = _eta_seconds(left, results, getattr(done, "parallel", 1))
+            n_train = sum(not _in_cache(t) for t in left)
+            line += f"  ({len(left)} more, {n_train} to train" + (
+                f", ETA {_fmt_duration(eta)})" if eta is not None else ")"
+            )
+        print(line, flush=True)
 
     EXECUTORS[executor](todo, done, **executor_args)
 

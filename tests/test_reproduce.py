@@ -397,3 +397,33 @@ def test_fsp_first_stage_is_scaled_to_the_profile_schedule():
     assert rep.scaled_row_args("kd", 8) == {}
     kd_row = next(r for r in rep.table1_rows() if r.row == "KD")
     assert kd_row.config("quick", 0) == kd.make_config("quick", method="kd", seed=0)
+
+
+def test_eta_counts_runs_to_train_at_their_rows_recorded_times(monkeypatch):
+    rows = {r.row: r for r in rep.table1_rows()}
+
+    def result(seconds):
+        return kd.Result(
+            name="x",
+            key="",
+            config={},
+            history=[],
+            final={"test_acc": 0.5, "train_seconds": seconds},
+            provenance={},
+            path="",
+        )
+
+    def task(row, seed):
+        cfg = kd.make_config("smoke", method="ce", seed=seed)
+        return rep._Task(rows[row], seed, cfg, plan=[cfg])
+
+    known = {("KD", 0): result(100.0), ("KD", 1): result(140.0), ("AT", 0): result(60)}
+    left = [task("KD", 2), task("AT", 1), task("CRD", 0)]
+    cached = {"AT s1"}
+    monkeypatch.setattr(rep, "_in_cache", lambda t: t.label in cached)
+    # KD s2 at KD's mean (120), AT s1 from the cache (0), CRD at the mean of all (100).
+    assert rep._eta_seconds(left, known) == pytest.approx(220.0)
+    assert rep._eta_seconds(left, known, parallel=2) == pytest.approx(110.0)
+    assert rep._eta_seconds(left, {}) is None  # nothing timed yet
+    cached.update({"KD s2", "CRD s0"})
+    assert rep._eta_seconds(left, {}) == 0.0  # all from the cache
