@@ -37,6 +37,7 @@ import math
 import os
 import re
 import tarfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -583,6 +584,7 @@ def reproduce(
 
     table = aggregate(all_rows, results)
     conclusions = check_conclusions(table)
+    conclusions["provenance"] = _table_provenance(profile, seeds, tasks, results)
     _write_table(out, table, conclusions, profile, missing)
     return {
         "table": table,
@@ -722,6 +724,57 @@ def check_conclusions(table: Sequence[dict], alpha: float = 0.05) -> dict[str, A
     return out
 
 
+def _table_provenance(
+    profile: str,
+    seeds: list[int],
+    tasks: Sequence[_Task],
+    results: dict[tuple[str, int], Result],
+) -> dict[str, Any]:
+    """Where the table's runs come from: gathered from their own result files.
+
+    ``train_hours`` adds the recorded training time of every run the table
+    needed: the rows' runs and the pipelines' earlier stages (TAKD's
+    assistant, ALTKD's other teachers), each counted once.
+    """
+    from .train import _git_commit, run_dir
+
+    runs = list(results.values())
+    seconds: dict[str, float] = {
+        Path(r.path).name if r.path else f"{r.name}#{i}": r.final.get(
+            "train_seconds", 0.0
+        )
+        for i, r in enumerate(runs)
+    }
+    for t in tasks:
+        for c in t.plan[:-1]:
+            path = run_dir(c) / "result.json"
+            if path.exists() and path.parent.name not in seconds:
+                seconds[path.parent.name] = Result.load(path).final.get(
+                    "train_seconds", 0.0
+                )
+    prov = [r.provenance for r in runs]
+    dates = sorted(str(p.get("date", ""))[:10] for p in prov if p.get("date"))
+
+    def distinct(key: str) -> list[str]:
+        return sorted({str(p.get(key)) for p in prov if p.get(key) is not None})
+
+    return {
+        "profile": profile,
+        "seeds": seeds,
+        "dataset": sorted({r.config.get("dataset", "") for r in runs}),
+        "runs": len(runs),
+        "runs_with_stages": len(seconds),
+        "train_hours": round(sum(seconds.values()) / 3600, 3),
+        "run_commits": distinct("git_commit"),
+        "devices": distinct("device"),
+        "machines": distinct("machine"),
+        "threads": distinct("threads"),
+        "run_dates": [dates[0], dates[-1]] if dates else [],
+        "written_by_commit": _git_commit(),
+        "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
 def _write_table(
     out: Path,
     table: list[dict],
@@ -751,10 +804,26 @@ def _write_table(
             ]
         )
     atomic_write_bytes(out / "table.csv", buf.getvalue().encode())
+    prov = conclusions.get("provenance", {})
     lines = [
         f"Table 1 reproduced with profile `{profile}` (this run's numbers) beside "
         "the survey's (CIFAR-10, ResNet56 -> ResNet20).",
         "",
+    ]
+    if prov:
+        dates = " to ".join(dict.fromkeys(prov["run_dates"])) or "unknown"
+        lines += [
+            f"- data: {', '.join(prov['dataset'])}; seeds {prov['seeds']}; "
+            f"{prov['runs']} runs ({prov['runs_with_stages']} with the pipelines' "
+            f"earlier stages), {prov['train_hours']:.2f} h of recorded training",
+            f"- computed on: {'; '.join(prov['machines'] or prov['devices'])} "
+            f"({', '.join(prov['threads'])} threads), {dates}",
+            f"- run commits: {', '.join(c[:10] for c in prov['run_commits'])}; "
+            f"table written by {(prov['written_by_commit'] or 'unknown')[:10]} "
+            f"at {prov['written']}",
+            "",
+        ]
+    lines += [
         "| family | row | model | this run (%) | seeds | survey (%) | diff |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -128,6 +128,16 @@ def test_reproduce_writes_runs_table_and_conclusions(tmp_path, capsys):
     c = json.loads((tmp_path / "t1" / "conclusions.json").read_text())
     assert c["every_method_beats_student"]["holds"] in (True, False)
     assert c["online_best"]["holds"] is None  # no online rows were run
+    # The table's provenance, gathered from its runs' own records.
+    prov = c["provenance"]
+    assert prov["profile"] == "smoke" and prov["seeds"] == [0, 1]
+    assert prov["dataset"] == ["digits"] and prov["runs"] == 6
+    kept = [json.loads(p.read_text()) for p in (tmp_path / "t1" / "runs").iterdir()]
+    assert prov["train_hours"] == pytest.approx(
+        sum(r["final"]["train_seconds"] for r in kept) / 3600, abs=1e-3
+    )
+    assert prov["devices"] == sorted({r["provenance"]["device"] for r in kept})
+    assert "h of recorded training" in md and "computed on:" in md
 
 
 def test_reproduce_resumes_without_training_again(tmp_path, capsys, monkeypatch):
