@@ -732,19 +732,20 @@ def _table_provenance(
 ) -> dict[str, Any]:
     """Where the table's runs come from: gathered from their own result files.
 
-    ``train_hours`` adds the recorded training time of every run the table
+    ``train_seconds`` adds the recorded training time of every run the table
     needed: the rows' runs and the pipelines' earlier stages (TAKD's
     assistant, ALTKD's other teachers), each counted once.
     """
     from .train import _git_commit, run_dir
 
     runs = list(results.values())
-    seconds: dict[str, float] = {
-        Path(r.path).name if r.path else f"{r.name}#{i}": r.final.get(
-            "train_seconds", 0.0
-        )
-        for i, r in enumerate(runs)
-    }
+    # Each run once, by its cache folder (a saved result's path is the table's
+    # runs folder, not the run's own).
+    seconds: dict[str, float] = {}
+    for t in tasks:
+        res = results.get((t.row.row, t.seed))
+        if res is not None:
+            seconds[run_dir(t.final).name] = res.final.get("train_seconds", 0.0)
     for t in tasks:
         for c in t.plan[:-1]:
             path = run_dir(c) / "result.json"
@@ -764,7 +765,7 @@ def _table_provenance(
         "dataset": sorted({r.config.get("dataset", "") for r in runs}),
         "runs": len(runs),
         "runs_with_stages": len(seconds),
-        "train_hours": round(sum(seconds.values()) / 3600, 3),
+        "train_seconds": round(sum(seconds.values()), 1),
         "run_commits": distinct("git_commit"),
         "devices": distinct("device"),
         "machines": distinct("machine"),
@@ -815,10 +816,15 @@ def _write_table(
         lines += [
             f"- data: {', '.join(prov['dataset'])}; seeds {prov['seeds']}; "
             f"{prov['runs']} runs ({prov['runs_with_stages']} with the pipelines' "
-            f"earlier stages), {prov['train_hours']:.2f} h of recorded training",
+            f"earlier stages), {prov['train_seconds'] / 3600:.2f} h of recorded training",
             f"- computed on: {'; '.join(prov['machines'] or prov['devices'])} "
             f"({', '.join(prov['threads'])} threads), {dates}",
-            f"- run commits: {', '.join(c[:10] for c in prov['run_commits'])}; "
+            "- run commits: "
+            + ", ".join(
+                c[:10] + ("-dirty" if c.endswith("-dirty") else "")
+                for c in prov["run_commits"]
+            )
+            + "; "
             f"table written by {(prov['written_by_commit'] or 'unknown')[:10]} "
             f"at {prov['written']}",
             "",

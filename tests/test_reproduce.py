@@ -133,8 +133,8 @@ def test_reproduce_writes_runs_table_and_conclusions(tmp_path, capsys):
     assert prov["profile"] == "smoke" and prov["seeds"] == [0, 1]
     assert prov["dataset"] == ["digits"] and prov["runs"] == 6
     kept = [json.loads(p.read_text()) for p in (tmp_path / "t1" / "runs").iterdir()]
-    assert prov["train_hours"] == pytest.approx(
-        sum(r["final"]["train_seconds"] for r in kept) / 3600, abs=1e-3
+    assert prov["train_seconds"] == pytest.approx(
+        sum(r["final"]["train_seconds"] for r in kept), abs=0.1
     )
     assert prov["devices"] == sorted({r["provenance"]["device"] for r in kept})
     assert "h of recorded training" in md and "computed on:" in md
@@ -168,6 +168,13 @@ def test_reproduce_resumes_without_training_again(tmp_path, capsys, monkeypatch)
     again = rep.reproduce("smoke", [0, 1], **args)
     assert "[resume] 4 of 4 runs already done" in capsys.readouterr().out
     assert again["table"] == first["table"]
+    # Runs loaded from the table's folder still count once each, with their times.
+    prov = again["conclusions"]["provenance"]
+    assert prov["runs"] == prov["runs_with_stages"] == 4
+    assert prov["train_seconds"] == pytest.approx(
+        first["conclusions"]["provenance"]["train_seconds"], abs=0.1
+    )
+    assert prov["train_seconds"] > 0
 
 
 def test_pipeline_rows_run_resume_and_restart_where_they_stopped(
