@@ -21,7 +21,11 @@ Each moved run keeps its result and weights; its ``result.json`` gets the new
 key and a ``rekeyed`` record (old key, old code hash, commit, date, the files
 named by ``--same``), next to the untouched provenance of its training.
 Dependent runs (``teacher_runs`` naming moved folders) are rewritten to the
-new names. Without ``--apply`` it only prints what it would do.
+new names, and every run's ``teacher`` record (the key of the run that taught
+it) that names a moved run's old key is pointed at its new key, the old one
+kept as ``key_before_rekey``. Without ``--apply`` it only prints what it would
+do. ``--relink-only`` does that last step alone, from the ``rekeyed`` records
+already in the cache (for runs moved before the step existed).
 """
 
 from __future__ import annotations
@@ -72,14 +76,53 @@ def _key(cfg_json: str, code: str, channels_last: bool, amp: str | None) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def _write(folder: Path, d: dict) -> None:
+    tmp = folder / "result.json.tmp"
+    tmp.write_text(json.dumps(d, indent=1, sort_keys=True))
+    os.replace(tmp, folder / "result.json")
+
+
+def relink_teachers(runs: Path, apply: bool) -> int:
+    """Point ``teacher`` records at the new keys of moved runs; the count."""
+    folders = [p for p in runs.iterdir() if (p / "result.json").exists()]
+    docs = {p: json.loads((p / "result.json").read_text()) for p in folders}
+    new_key = {
+        d["rekeyed"]["from_key"]: d["key"] for d in docs.values() if d.get("rekeyed")
+    }
+    n = 0
+    for folder, d in docs.items():
+        t = d.get("teacher")
+        records = t if isinstance(t, list) else [t] if isinstance(t, dict) else []
+        stale = [r for r in records if r.get("key") in new_key]
+        if not stale:
+            continue
+        for r in stale:
+            print(
+                f"[relink] {folder.name}: teacher {r['name']} {r['key']} -> "
+                f"{new_key[r['key']]}"
+            )
+            r["key_before_rekey"], r["key"] = r["key"], new_key[r["key"]]
+        n += 1
+        if apply:
+            _write(folder, d)
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--from", dest="commit", required=True)
-    ap.add_argument("--same", nargs="+", required=True, metavar="FILE")
+    ap.add_argument("--from", dest="commit")
+    ap.add_argument("--same", nargs="+", metavar="FILE")
     ap.add_argument("--apply", action="store_true")
+    ap.add_argument("--relink-only", action="store_true")
     args = ap.parse_args(argv)
-    same = {str(Path(f).as_posix()).removeprefix("kdutils/") for f in args.same}
     runs = ktrain.cache_dir() / "runs"
+    if args.relink_only:
+        n = relink_teachers(runs, args.apply)
+        print(f"{n} runs {'relinked' if args.apply else 'to relink'}")
+        return 0
+    if not args.commit or not args.same:
+        ap.error("--from and --same are required (or give --relink-only)")
+    same = {str(Path(f).as_posix()).removeprefix("kdutils/") for f in args.same}
     old_src: dict[str, bytes | None] = {}
     renamed: dict[str, str] = {}
     moved = skipped = 0
@@ -140,11 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         d["key"] = new_key
         d["config"] = new_cfg.to_dict()
         d["name"] = new_cfg.name
-        tmp = folder / "result.json.tmp"
-        tmp.write_text(json.dumps(d, indent=1, sort_keys=True))
-        os.replace(tmp, folder / "result.json")
+        _write(folder, d)
         folder.rename(new_folder)
     print(f"{moved} runs {'moved' if args.apply else 'to move'}, {skipped} left")
+    if args.apply:
+        print(f"{relink_teachers(runs, True)} runs' teacher records relinked")
     return 0
 
 
