@@ -36,6 +36,13 @@ def test_bars_and_sweep_use_the_summary(results):
     summary = kd.summarize(results)
     fig = plots.accuracy_bars(summary, reference={"teacher": 50.0})
     assert len(fig.axes[0].patches) == 2
+    # A method with one seed has no error bar (not a zero one) and says so.
+    one_seed = kd.summarize(results[:3])  # ce: seeds 0 and 1; kd: seed 0
+    ax = plots.accuracy_bars(one_seed).axes[0]
+    bars = [c for c in ax.containers if hasattr(c, "has_yerr") and c.has_yerr]
+    assert len(bars) == 1 and len(bars[0].lines[2][0].get_segments()) == 1
+    ticks = [t.get_text() for t in ax.get_xticklabels()]
+    assert ticks == ["ce\n(2 seeds)", "kd\n(1 seed)"]
     sweep = kd.summarize(results, by=("method", "seed"))
     sweep["T"] = [1.0, 2.0, 4.0, 8.0]
     assert isinstance(plots.sweep(sweep, "T"), Figure)

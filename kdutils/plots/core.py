@@ -122,12 +122,18 @@ def accuracy_bars(
     """
     fig, ax = plt.subplots(figsize=(1.3 * len(summary) + 2, 3.6))
     x = np.arange(len(summary))
-    ax.bar(
-        x, summary["acc_mean"], yerr=summary["acc_std"].fillna(0), capsize=4, color="C0"
+    std = summary["acc_std"].to_numpy(dtype=float)
+    ax.bar(x, summary["acc_mean"], color="C0")
+    has_std = np.isfinite(std)  # one seed has no std: no error bar, not a 0 one
+    ax.errorbar(
+        x[has_std],
+        summary["acc_mean"].to_numpy()[has_std],
+        yerr=std[has_std],
+        fmt="none",
+        ecolor="k",
+        capsize=4,
     )
-    for i, (m, s) in enumerate(
-        zip(summary["acc_mean"], summary["acc_std"], strict=True)
-    ):
+    for i, (m, s) in enumerate(zip(summary["acc_mean"], std, strict=True)):
         ax.text(
             i,
             m + (0 if np.isnan(s) else s) + 0.05,
@@ -136,9 +142,15 @@ def accuracy_bars(
             va="bottom",
             fontsize=8,
         )
-    ax.set_xticks(x, summary[label].astype(str))
-    lo = float(np.nanmin(summary["acc_mean"] - summary["acc_std"].fillna(0)))
-    hi = float(np.nanmax(summary["acc_mean"] + summary["acc_std"].fillna(0)))
+    names = summary[label].astype(str).tolist()
+    if "seeds" in summary and summary["seeds"].nunique() > 1:
+        names = [
+            f"{n}\n({k} seed{'s' if k != 1 else ''})"
+            for n, k in zip(names, summary["seeds"], strict=True)
+        ]
+    ax.set_xticks(x, names)
+    lo = float(np.nanmin(summary["acc_mean"] - np.nan_to_num(std)))
+    hi = float(np.nanmax(summary["acc_mean"] + np.nan_to_num(std)))
     for i, (name, acc) in enumerate((reference or {}).items()):
         ax.axhline(acc, ls="--", color=f"C{i + 1}", label=name)
         lo, hi = min(lo, acc), max(hi, acc)
