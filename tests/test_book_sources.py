@@ -55,3 +55,51 @@ def test_an_unclosed_entry_is_caught(tmp_path, bad):
     path.write_text(bad)
     with pytest.raises(PybtexSyntaxError):
         parse_file(str(path))
+
+
+_LIST_START = re.compile(r"^\s{0,3}([-+*]|\d+[.)])\s")
+
+
+def _lists_inside_inline_math(text: str) -> list[str]:
+    """Lines that start like a list item while an inline ``$...$`` is open.
+
+    Markdown splits blocks before it reads inline math, so such a line becomes
+    a list item and the formula is cut in two (raw TeX on the page).
+    """
+    found, open_inline, in_block, in_fence = [], False, False, False
+    for line in text.split("\n"):
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            in_fence = not in_fence
+            continue
+        if in_fence:
+            continue
+        if stripped.startswith("$$"):
+            # a display block: "$$ ... $$" on one line, or its opening/closing line
+            if not (len(stripped) > 2 and stripped.endswith("$$")):
+                in_block = not in_block
+            continue
+        if in_block:
+            continue
+        if not stripped:
+            open_inline = False  # a blank line ends the paragraph
+            continue
+        if open_inline and _LIST_START.match(line):
+            found.append(stripped)
+        singles = len(re.findall(r"(?<![\\$])\$(?!\$)", line))
+        open_inline ^= singles % 2 == 1
+    return found
+
+
+def test_no_inline_formula_is_broken_by_a_line_that_starts_a_list():
+    broken = {}
+    for path, text in _sources():
+        lines = _lists_inside_inline_math(text)
+        if lines:
+            broken[path.name] = lines
+    assert not broken, f"move the leading '+'/'-' to the previous line: {broken}"
+
+
+def test_the_list_check_finds_a_split_formula():
+    text = "are $a\n+ b$: Eq. (5)\n\n$$\nx\n+ y\n$$\n- a list item $c$"
+    assert _lists_inside_inline_math(text) == ["+ b$: Eq. (5)"]
