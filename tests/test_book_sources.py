@@ -103,3 +103,19 @@ def test_no_inline_formula_is_broken_by_a_line_that_starts_a_list():
 def test_the_list_check_finds_a_split_formula():
     text = "are $a\n+ b$: Eq. (5)\n\n$$\nx\n+ y\n$$\n- a list item $c$"
     assert _lists_inside_inline_math(text) == ["+ b$: Eq. (5)"]
+
+
+def test_no_control_characters_in_the_sources():
+    """A TeX macro written in a plain (not raw) Python string loses its backslash:
+    "\\boldsymbol" becomes a backspace and "oldsymbol" (a MathJax error on the page)."""
+    found = {}
+    for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        for i, cell in enumerate(cells):
+            bad = re.findall(r"[\x00-\x08\x0b-\x1f\x7f]", "".join(cell["source"]))
+            if bad:
+                found[f"{path.name} cell {i}"] = sorted({hex(ord(b)) for b in bad})
+    for path in sorted((ROOT / "book").glob("*.md")):
+        if re.search(r"[\x00-\x08\x0b-\x1f\x7f]", path.read_text(encoding="utf-8")):
+            found[path.name] = "control characters"
+    assert not found, f"control characters (a lost backslash?): {found}"
