@@ -54,6 +54,13 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--device", default=None, help="cpu or cuda (default: cuda if available)"
     )
+    t.add_argument(
+        "--amp",
+        choices=["bf16", "fp16"],
+        default=None,
+        help="train under autocast: bf16 (CPU with bf16 instructions, or CUDA) or "
+        "fp16 (CUDA); a separate cached run from the float32 one",
+    )
     t.add_argument("--no-progress", action="store_true")
 
     sub.add_parser(
@@ -103,6 +110,7 @@ def _train(args) -> int:
             restart=args.restart,
             device=args.device,
             progress=not args.no_progress,
+            amp=args.amp,
         )
     except PartialRunExists as e:
         print(

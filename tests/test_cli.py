@@ -9,6 +9,7 @@ import urllib.error
 from pathlib import Path
 
 import pytest
+import torch
 import torchvision.datasets
 
 import kdutils as kd
@@ -177,3 +178,21 @@ def test_cifar10_without_data_or_network_exits_1_with_what_to_do(capsys, monkeyp
     assert code == 1
     line = _one_line_error(capsys.readouterr().err)
     assert "KD_DATA_DIR" in line and "fashion-mnist" in line
+
+
+def test_train_with_amp_is_its_own_run_and_fp16_needs_cuda(capsys):
+    assert main(["train", *TINY, "--amp", "bf16"]) == 0
+    path = Path(
+        capsys.readouterr().out.strip().splitlines()[-1].removeprefix("result: ")
+    )
+    res = Result.load(path)
+    assert res.provenance["amp"] == "bf16" and "amp-bf16" not in res.name
+    # The float32 run is another cache entry: it trains, it is not loaded.
+    assert main(["train", *TINY]) == 0
+    out = capsys.readouterr().out
+    assert f"[train] {res.name}" in out  # the student trains again, in float32
+    plain = Path(out.strip().splitlines()[-1].removeprefix("result: "))
+    assert plain.parent != path.parent
+    if not torch.cuda.is_available():
+        assert main(["train", *TINY, "--amp", "fp16", "--device", "cpu"]) == 2
+        assert "fp16" in _one_line_error(capsys.readouterr().err)
