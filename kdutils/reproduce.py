@@ -302,13 +302,15 @@ def _in_cache(task: _Task) -> bool:
 
 def _eta_seconds(
     left: Sequence[_Task], known: dict[tuple[str, int], Result], parallel: int = 1
-) -> float | None:
-    """Seconds the runs in ``left`` will take, from the runs already in hand.
+) -> tuple[float | None, int]:
+    """Seconds the runs in ``left`` will take, from the runs already in hand,
+    and how many of them must train.
 
     A run found in the run cache costs nothing; any other costs what its row's
     finished runs took to train (their recorded ``train_seconds``), or, for a
-    row with none yet, the mean over all finished runs. ``None`` while no run
-    has a recorded time. ``parallel`` runs go at once (Ray's slots).
+    row with none yet, the mean over all finished runs. The seconds are
+    ``None`` while no run has a recorded time. ``parallel`` runs go at once
+    (Ray's slots).
     """
     times: dict[str, list[float]] = {}
     for (row, _), res in known.items():
@@ -317,9 +319,9 @@ def _eta_seconds(
             times.setdefault(row, []).append(float(t))
     to_train = [t for t in left if not _in_cache(t)]
     if not to_train:
-        return 0.0
+        return 0.0, 0
     if not times:
-        return None
+        return None, len(to_train)
     overall = [x for v in times.values() for x in v]
     mean_all = sum(overall) / len(overall)
     total = sum(
@@ -328,7 +330,7 @@ def _eta_seconds(
         else mean_all
         for t in to_train
     )
-    return total / max(1, min(parallel, len(to_train)))
+    return total / max(1, min(parallel, len(to_train))), len(to_train)
 
 
 # Executors: each takes the tasks still to run and calls ``done(task, result)``
@@ -573,8 +575,7 @@ def reproduce(
         left = [t for t in todo if t.label not in finished]
         line = f"[{len(results)}/{len(tasks)}] {task.label}: {100 * res.test_acc:.2f}%"
         if left:
-            eta = _eta_seconds(left, results, getattr(done, "parallel", 1))
-            n_train = sum(not _in_cache(t) for t in left)
+            eta, n_train = _eta_seconds(left, results, getattr(done, "parallel", 1))
             line += f"  ({len(left)} more, {n_train} to train" + (
                 f", ETA {_fmt_duration(eta)})" if eta is not None else ")"
             )

@@ -439,8 +439,9 @@ def test_eta_counts_runs_to_train_at_their_rows_recorded_times(monkeypatch):
     cached = {"AT s1"}
     monkeypatch.setattr(rep, "_in_cache", lambda t: t.label in cached)
     # KD s2 at KD's mean (120), AT s1 from the cache (0), CRD at the mean of all (100).
-    assert rep._eta_seconds(left, known) == pytest.approx(220.0)
-    assert rep._eta_seconds(left, known, parallel=2) == pytest.approx(110.0)
-    assert rep._eta_seconds(left, {}) is None  # nothing timed yet
+    eta, n_train = rep._eta_seconds(left, known)
+    assert eta == pytest.approx(220.0) and n_train == 2
+    assert rep._eta_seconds(left, known, parallel=2)[0] == pytest.approx(110.0)
+    assert rep._eta_seconds(left, {}) == (None, 2)  # nothing timed yet
     cached.update({"KD s2", "CRD s0"})
-    assert rep._eta_seconds(left, {}) == 0.0  # all from the cache
+    assert rep._eta_seconds(left, {}) == (0.0, 0)  # all from the cache
