@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -42,6 +41,7 @@ from pathlib import Path
 from kdutils import train as ktrain
 from kdutils.config import Config
 from kdutils.distillers import METHODS
+from kdutils.results import atomic_write_bytes
 
 
 def _git_show(commit: str, rel: str) -> bytes | None:
@@ -77,9 +77,8 @@ def _key(cfg_json: str, code: str, channels_last: bool, amp: str | None) -> str:
 
 
 def _write(folder: Path, d: dict) -> None:
-    tmp = folder / "result.json.tmp"
-    tmp.write_text(json.dumps(d, indent=1, sort_keys=True))
-    os.replace(tmp, folder / "result.json")
+    text = json.dumps(d, indent=1, sort_keys=True)
+    atomic_write_bytes(folder / "result.json", text.encode())
 
 
 def relink_teachers(runs: Path, apply: bool) -> int:

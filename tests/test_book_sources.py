@@ -14,6 +14,7 @@ from pybtex.scanner import PybtexSyntaxError
 
 ROOT = Path(__file__).resolve().parents[1]
 BIB = ROOT / "book" / "references.bib"
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # not tab, not newline
 CITE = re.compile(r"\{cite(?::[a-z]+)?\}`([^`]+)`")
 
 
@@ -112,10 +113,10 @@ def test_no_control_characters_in_the_sources():
     for path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
         for i, cell in enumerate(cells):
-            bad = re.findall(r"[\x00-\x08\x0b-\x1f\x7f]", "".join(cell["source"]))
+            bad = CONTROL.findall("".join(cell["source"]))
             if bad:
                 found[f"{path.name} cell {i}"] = sorted({hex(ord(b)) for b in bad})
     for path in sorted((ROOT / "book").glob("*.md")):
-        if re.search(r"[\x00-\x08\x0b-\x1f\x7f]", path.read_text(encoding="utf-8")):
+        if CONTROL.search(path.read_text(encoding="utf-8")):
             found[path.name] = "control characters"
     assert not found, f"control characters (a lost backslash?): {found}"
