@@ -89,6 +89,13 @@ def _parser() -> argparse.ArgumentParser:
         help="Ray: GPUs per run (1; or 0.5 to pack two small runs on a GPU)",
     )
     r.add_argument("--cpus-per-run", type=float, default=1.0)
+    r.add_argument(
+        "--amp",
+        choices=["bf16", "fp16"],
+        default=None,
+        help="train every run under autocast (as train --amp); its own runs, "
+        "written by default to results/table1/<profile>-<amp>",
+    )
     f = sub.add_parser("figures", help="write the book's generated figures")
     f.add_argument("--out", type=Path, required=True)
     return p
@@ -140,6 +147,7 @@ def _reproduce(args) -> int:
         out=args.out,
         executor=args.executor,
         rows=args.rows,
+        amp=args.amp,
         **extra,
     )
     print((Path(out["out"]) / "table.md").read_text())

@@ -31,6 +31,7 @@ weights through Ray's object store, so workers need no shared file system.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import math
@@ -188,13 +189,14 @@ class TableRow:
             cfg = cfg.replace(eval_every=cfg.epochs)
         return cfg
 
-    def plan(self, cfg: Config) -> list[Config]:
+    def plan(self, cfg: Config, amp: str | None = None) -> list[Config]:
         """Every run this row makes from ``cfg``, in order; the last is its Result's.
 
         A plain row: ``[cfg]`` (its teacher, if any, is trained by ``kd.run``).
         A pipeline row: the pipeline's stages, found by calling it with a
         ``run`` that trains nothing (each stage's run id is its cache folder's
-        name, which ``run_dir`` computes without training).
+        name, which ``run_dir`` computes without training; under ``amp`` the
+        stages are other runs, in other folders).
         """
         if not self.pipeline:
             return [cfg]
@@ -211,7 +213,7 @@ class TableRow:
                 history=[],
                 final={"test_acc": math.nan, "train_seconds": 0.0},
                 provenance={},
-                path=str(run_dir(c)),
+                path=str(run_dir(c, amp=amp)),
             )
 
         models = self.pipeline_models(cfg.profile)
@@ -269,11 +271,12 @@ class _Task:
     row: TableRow
     seed: int
     cfg: Config  # the row's config (a pipeline row: the pipeline's input)
-    plan: list[Config] = field(default_factory=list)  # TableRow.plan(cfg)
+    plan: list[Config] = field(default_factory=list)  # TableRow.plan(cfg, amp)
+    amp: str | None = None  # kd.run's mixed precision for every run of the task
 
     def __post_init__(self) -> None:
         if not self.plan:
-            self.plan = self.row.plan(self.cfg)
+            self.plan = self.row.plan(self.cfg, self.amp)
 
     @property
     def final(self) -> Config:
@@ -289,15 +292,24 @@ class _Task:
         return f"{self.row.slug}-s{self.seed}.json"
 
     def is_done_by(self, res: Result) -> bool:
-        """Whether a saved Result is this task's run (see :func:`_comparable`)."""
-        return _comparable(res.config) == _comparable(self.final.to_dict())
+        """Whether a saved Result is this task's run (see :func:`_comparable`),
+        trained in this task's precision."""
+        return (res.provenance.get("amp") or None) == self.amp and _comparable(
+            res.config
+        ) == _comparable(self.final.to_dict())
+
+    def runner(self) -> Callable[..., Result]:
+        """``kd.run`` in this task's precision."""
+        from .train import run
+
+        return functools.partial(run, amp=self.amp) if self.amp else run
 
 
 def _in_cache(task: _Task) -> bool:
     """Whether every run of ``task`` is already in the run cache (no training)."""
     from .train import run_dir
 
-    return all((run_dir(c) / "result.json").exists() for c in task.plan)
+    return all((run_dir(c, amp=task.amp) / "result.json").exists() for c in task.plan)
 
 
 def _eta_seconds(
@@ -339,10 +351,8 @@ def _eta_seconds(
 
 
 def _run_local(tasks: Sequence[_Task], done: Callable, **_: Any) -> None:
-    from .train import run
-
     for task in tasks:
-        done(task, task.row.execute(task.cfg, run=run))
+        done(task, task.row.execute(task.cfg, run=task.runner()))
 
 
 def _export_run(res: Result) -> bytes:
@@ -354,11 +364,11 @@ def _export_run(res: Result) -> bytes:
     return buf.getvalue()
 
 
-def _import_run(cfg_dict: dict, blob: bytes) -> None:
+def _import_run(cfg_dict: dict, blob: bytes, amp: str | None = None) -> None:
     """Unpack an exported run into this machine's cache, unless it is there."""
     from .train import run_dir
 
-    folder = run_dir(Config.from_dict(cfg_dict))
+    folder = run_dir(Config.from_dict(cfg_dict), amp=amp)
     if (folder / "result.json").exists():
         return
     folder.mkdir(parents=True, exist_ok=True)
@@ -374,6 +384,7 @@ def _ray_worker(
     export: bool,
     pipeline: str = "",
     models: Sequence[str] = (),
+    amp: str | None = None,
 ) -> tuple[str, bytes | None]:
     """Runs on a Ray worker: import the finished runs, run, return the Result JSON.
 
@@ -385,7 +396,8 @@ def _ray_worker(
     from .train import run
 
     for t_cfg, blob in teachers:
-        _import_run(t_cfg, blob)
+        _import_run(t_cfg, blob, amp)
+    run = functools.partial(run, amp=amp) if amp else run
     res = _execute(Config.from_dict(cfg_dict), pipeline, models, run)
     return res.to_json(), (_export_run(res) if export else None)
 
@@ -400,7 +412,7 @@ def _prerequisites(tasks: Sequence[_Task]) -> list[list[Config]]:
     """
     from .train import run_dir
 
-    planned = {run_dir(c).name: c for t in tasks for c in t.plan[:-1]}
+    planned = {run_dir(c, amp=t.amp).name: c for t in tasks for c in t.plan[:-1]}
 
     def deps(c: Config) -> list[Config]:
         if not get_method(c.method).needs_teacher:
@@ -456,6 +468,7 @@ def _run_ray(
     )
     done.parallel = max(1, int(slots))
     worker = ray.remote(num_cpus=cpus_per_run, num_gpus=gpus_per_run)(_ray_worker)
+    amp = tasks[0].amp if tasks else None  # one precision per reproduction
 
     # Phase 1: every distinct teacher, once, in parallel; then the pipelines'
     # intermediate stages (TAKD's assistant: one run serves every seed), level
@@ -464,7 +477,9 @@ def _run_ray(
     blobs: list[tuple[dict, bytes]] = []
     for stage in _prerequisites(tasks):
         shared = ray.put(list(blobs))
-        pending = {worker.remote(c.to_dict(), shared, True): c for c in stage}
+        pending = {
+            worker.remote(c.to_dict(), shared, True, "", (), amp): c for c in stage
+        }
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1)
             c = pending.pop(ready[0])
@@ -480,6 +495,7 @@ def _run_ray(
             False,
             t.row.pipeline,
             t.row.pipeline_models(t.cfg.profile),
+            amp,
         ): t
         for t in tasks
     }
@@ -509,14 +525,21 @@ def reproduce(
     executor: str = "local",
     rows: Sequence[str] | None = None,
     overrides: dict[str, Any] | None = None,
+    amp: str | None = None,
     **executor_args: Any,
 ) -> dict[str, Any]:
     """Run Table 1 and write the per-run results, the table and the conclusions.
 
     ``rows`` restricts the reproduction to some rows (by name, e.g. ``["KD"]``);
     ``overrides`` are config overrides for every run (tests use the digits
-    data). Returns ``{"table": [...], "conclusions": {...}, "missing": [...]}``.
+    data). ``amp`` (``"bf16"``, or ``"fp16"`` on CUDA) trains every run under
+    autocast, as ``kd.run(amp=...)``: other runs than the float32 ones, kept
+    by default in ``results/table1/<profile>-<amp>``. Returns ``{"table":
+    [...], "conclusions": {...}, "missing": [...]}``.
     """
+    from .train import check_amp
+
+    check_amp(amp)
     if executor not in EXECUTORS:
         raise ValueError(
             f"unknown executor {executor!r}; choose from: {', '.join(EXECUTORS)}"
@@ -534,7 +557,8 @@ def reproduce(
                 + ", ".join(r.row for r in all_rows)
             )
         all_rows = [names[r.lower()] for r in rows]
-    out = Path(out) if out is not None else Path("results") / "table1" / profile
+    default = profile if amp is None else f"{profile}-{amp}"
+    out = Path(out) if out is not None else Path("results") / "table1" / default
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
 
@@ -547,7 +571,7 @@ def reproduce(
         )
         print(f"[missing] {r.row}: {what} is not in this kdutils yet")
     tasks = [
-        _Task(r, s, r.config(profile, s, **(overrides or {})))
+        _Task(r, s, r.config(profile, s, **(overrides or {})), amp=amp)
         for r in all_rows
         if r.available
         for s in seeds
@@ -585,7 +609,7 @@ def reproduce(
 
     table = aggregate(all_rows, results)
     conclusions = check_conclusions(table)
-    conclusions["provenance"] = _table_provenance(profile, seeds, tasks, results)
+    conclusions["provenance"] = _table_provenance(profile, seeds, tasks, results, amp)
     _write_table(out, table, conclusions, profile, missing)
     return {
         "table": table,
@@ -730,6 +754,7 @@ def _table_provenance(
     seeds: list[int],
     tasks: Sequence[_Task],
     results: dict[tuple[str, int], Result],
+    amp: str | None = None,
 ) -> dict[str, Any]:
     """Where the table's runs come from: gathered from their own result files.
 
@@ -746,10 +771,12 @@ def _table_provenance(
     for t in tasks:
         res = results.get((t.row.row, t.seed))
         if res is not None:
-            seconds[run_dir(t.final).name] = res.final.get("train_seconds", 0.0)
+            seconds[run_dir(t.final, amp=amp).name] = res.final.get(
+                "train_seconds", 0.0
+            )
     for t in tasks:
         for c in t.plan[:-1]:
-            path = run_dir(c) / "result.json"
+            path = run_dir(c, amp=amp) / "result.json"
             if path.exists() and path.parent.name not in seconds:
                 seconds[path.parent.name] = Result.load(path).final.get(
                     "train_seconds", 0.0
@@ -763,6 +790,7 @@ def _table_provenance(
     return {
         "profile": profile,
         "seeds": seeds,
+        "amp": amp,
         "dataset": sorted({r.config.get("dataset", "") for r in runs}),
         "runs": len(runs),
         "runs_with_stages": len(seconds),
@@ -817,7 +845,8 @@ def _write_table(
         lines += [
             f"- data: {', '.join(prov['dataset'])}; seeds {prov['seeds']}; "
             f"{prov['runs']} runs ({prov['runs_with_stages']} with the pipelines' "
-            f"earlier stages), {prov['train_seconds'] / 3600:.2f} h of recorded training",
+            f"earlier stages), {prov['train_seconds'] / 3600:.2f} h of recorded training"
+            + (f", under {prov['amp']} autocast" if prov.get("amp") else ", float32"),
             f"- computed on: {'; '.join(prov['machines'] or prov['devices'])} "
             f"({', '.join(prov['threads'])} threads), {dates}",
             "- run commits: "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -290,6 +291,9 @@ def test_cli_reproduce_rejects_bad_input_in_one_line(capsys):
     with pytest.raises(SystemExit) as info:
         main(["reproduce", "--executor", "slurm"])
     assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:
+        main(["reproduce", "--amp", "fp8"])
+    assert info.value.code == 2 and "invalid choice: 'fp8'" in capsys.readouterr().err
 
 
 # The conclusions, on tables with known answers
@@ -445,3 +449,66 @@ def test_eta_counts_runs_to_train_at_their_rows_recorded_times(monkeypatch):
     assert rep._eta_seconds(left, {}) == (None, 2)  # nothing timed yet
     cached.update({"KD s2", "CRD s0"})
     assert rep._eta_seconds(left, {}) == (0.0, 0)  # all from the cache
+
+
+def test_reproduce_under_bf16_keeps_its_own_runs_and_folder(
+    tmp_path, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    rows = ["ResNet20", "TAKD"]
+    out = rep.reproduce("smoke", [0], rows=rows, overrides=PIPE, amp="bf16")
+    folder = tmp_path / "results" / "table1" / "smoke-bf16"
+    assert out["out"] == str(Path("results") / "table1" / "smoke-bf16")
+    saved = {p.name: kd.Result.load(p) for p in (folder / "runs").iterdir()}
+    assert sorted(saved) == ["resnet20-s0.json", "takd-s0.json"]
+    assert all(r.provenance["amp"] == "bf16" for r in saved.values())
+    # TAKD's student was taught by the assistant trained under bf16, itself
+    # taught by the teacher trained under bf16.
+    (assistant_id,) = saved["takd-s0.json"].config["teacher_runs"]
+    assistant = ktrain.load_run(assistant_id)
+    assert assistant.provenance["amp"] == "bf16"
+    assert assistant.teacher["key"] == ktrain.run_key(
+        kd.teacher_config(assistant.cfg), amp="bf16"
+    )
+    md = (folder / "table.md").read_text()
+    assert "under bf16 autocast" in md
+    assert (
+        json.loads((folder / "conclusions.json").read_text())["provenance"]["amp"]
+        == "bf16"
+    )
+    capsys.readouterr()
+    rep.reproduce("smoke", [0], rows=rows, overrides=PIPE, amp="bf16")
+    assert "[resume] 2 of 2 runs already done" in capsys.readouterr().out
+    # A float32 reproduction into the same folder does not take them for its own.
+    rep.reproduce("smoke", [0], out=folder, rows=["ResNet20"], overrides=PIPE)
+    assert "[stale] ResNet20 s0" in capsys.readouterr().out
+    assert (
+        kd.Result.load(folder / "runs" / "resnet20-s0.json").provenance["amp"] is None
+    )
+
+
+def test_reproduce_refuses_an_unknown_precision(tmp_path):
+    with pytest.raises(ValueError, match="amp"):
+        rep.reproduce("smoke", [0], out=tmp_path, rows=["KD"], amp="fp8")
+
+
+def test_a_ray_worker_under_bf16_uses_the_shipped_bf16_teacher(
+    tmp_path, monkeypatch, capsys
+):
+    # What a Ray worker does, without Ray: import the exported teacher into
+    # its own (empty) cache under the bf16 key, then train the student there.
+    monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "driver"))
+    cfg = {r.row: r for r in rep.table1_rows()}["KD"].config("smoke", 0, **DIGITS)
+    teacher = ktrain.run(kd.teacher_config(cfg), progress=False, amp="bf16")
+    blob = rep._export_run(teacher)
+    monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "worker"))
+    capsys.readouterr()
+    text, _ = rep._ray_worker(
+        cfg.to_dict(), [(kd.teacher_config(cfg).to_dict(), blob)], False, amp="bf16"
+    )
+    res = kd.Result(**json.loads(text))
+    assert res.provenance["amp"] == "bf16"
+    assert res.teacher["key"] == teacher.key
+    printed = capsys.readouterr().out
+    assert f"[cache] {teacher.name}" in printed  # imported, not trained again
+    assert printed.count("[train]") == 1
