@@ -140,7 +140,7 @@ $(EXEC_DIR)/notebooks/%.ipynb: notebooks/%.ipynb $(PKG_FILES) | setup
 
 executed: $(EXECUTED)
 
-$(GEN_STAMP): $(PKG_FILES) | setup
+$(GEN_STAMP): $(PKG_FILES) $(wildcard results/bench/*.json) | setup
 	rm -rf $(GEN_DIR) && mkdir -p $(GEN_DIR)
 	$(PY) -m kdutils figures --out $(GEN_DIR)
 	@touch $@

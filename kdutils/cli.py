@@ -185,12 +185,14 @@ def _models() -> int:
 
 def _figures(out: Path) -> int:
     from kdutils import plots
+    from kdutils.speed import speed_markdown
 
     out.mkdir(parents=True, exist_ok=True)
     fig = plots.taxonomy()
     fig.savefig(out / "taxonomy.png", dpi=150, bbox_inches="tight")
     (out / "profiles.md").write_text(_profiles_table())
-    print(f"wrote {out / 'taxonomy.png'} and {out / 'profiles.md'}")
+    (out / "speed.md").write_text(speed_markdown())
+    print(f"wrote {out / 'taxonomy.png'}, {out / 'profiles.md'} and {out / 'speed.md'}")
     return 0
 
 

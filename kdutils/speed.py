@@ -1,0 +1,151 @@
+"""The measured speed of kdutils' training loop, as Markdown for the book.
+
+Reads the files that ``bench/`` writes with ``--save`` (``results/bench``):
+``book-factor-*.json`` (the quick book's runs with and without kdutils' fast
+paths, ``bench/book_factor.py``) and the ``bench/bench_speed.py`` files (one
+KD step at the survey's shape against the usual loop). Every number in the
+text comes from those files, with their provenance; nothing is measured here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# The loops of bench_speed.py, in the order and words of the book's table.
+_LOOPS = {
+    "reference": "the usual loop (DataLoader, 2 workers, per-sample transforms)",
+    "kdutils": "kdutils",
+    "kdutils+compile": "kdutils, teacher compiled",
+    "kdutils+bf16": 'kdutils, `amp="bf16"`',
+    "kdutils+compile+bf16": "kdutils, teacher compiled, bf16",
+}
+
+
+def default_bench_dir() -> Path:
+    """``results/bench`` of the source checkout that holds this package."""
+    return Path(__file__).resolve().parents[1] / "results" / "bench"
+
+
+def _where(prov: dict) -> str:
+    commit = (prov.get("git_commit") or "unknown")[:10]
+    return (
+        f"{prov.get('machine') or prov.get('device', 'unknown machine')}, "
+        f"{prov.get('threads', '?')} threads, torch {prov.get('torch', '?')}, "
+        f"{str(prov.get('date', ''))[:10]}, commit {commit}"
+    )
+
+
+def book_factor_markdown(path: Path) -> str:
+    """The table of a ``bench/book_factor.py`` file, and its whole-book estimate."""
+    d = json.loads(Path(path).read_text())
+    runs = d["runs"]
+    if not runs:
+        raise ValueError(f"{path} holds no measured runs")
+    lines = [
+        f"Measured by `bench/book_factor.py` ({_where(d['provenance'])}; "
+        f"`{Path(path).name}`). Each run of the `quick` book below was trained "
+        "twice, back to back on the same machine: by `kd.run` as the chapter "
+        "does, and through the same Distiller, optimiser and schedule fed the "
+        "usual way (a torchvision dataset with per-sample transforms in a "
+        f"`DataLoader` with {d['args']['workers']} workers, NCHW, the teacher "
+        "run on every batch). Times are whole runs, data and teacher loading "
+        "included; one seed, so the accuracies differ by the data order only.",
+        "",
+        "| family | method, student | kdutils (s) | usual loop (s) | kdutils is "
+        "| accuracy, kdutils / usual (%) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        lines.append(
+            f"| {r['family']} | {r['method']}, {r['student']} "
+            f"| {r['kdutils_seconds']:.0f} | {r['usual_seconds']:.0f} "
+            f"| {r['usual_seconds'] / r['kdutils_seconds']:.2f}× faster "
+            f"| {100 * r['kdutils_acc']:.2f} / {100 * r['usual_acc']:.2f} |"
+        )
+    fast = sum(r["kdutils_seconds"] for r in runs)
+    usual = sum(r["usual_seconds"] for r in runs)
+    lines.append(
+        f"| **all {len(runs)}** | | **{fast:.0f}** | **{usual:.0f}** "
+        f"| **{usual / fast:.2f}× faster** | |"
+    )
+    book = d.get("book")
+    if book:
+        lines += [
+            "",
+            f"Scaling each of the book's {book['runs']} cached `quick` runs "
+            f"({book['recorded_train_seconds'] / 3600:.2f} h of recorded "
+            "training) by its family's measured ratio gives an estimated "
+            f"{book['usual_loop_seconds_estimate'] / 3600:.2f} h for the usual "
+            f"loop: the book runs about {book['ratio_estimate']:.1f}× faster "
+            "with kdutils (an estimate from the sample, not a second build).",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def step_speed_markdown(path: Path, case: str = "kd-3x32") -> str:
+    """The loops of a ``bench/bench_speed.py`` file for ``case``, in images/s."""
+    d = json.loads(Path(path).read_text())
+    res = d["results"][case]
+    ref = res["reference"]["img_s"]
+    lines = [
+        f"Measured by `bench/bench_speed.py` ({_where(d['provenance'])}; "
+        f"`{Path(path).name}`): `kd` ResNet56 → ResNet20 on 3×32×32 images with "
+        "augmentation, so that every loop runs the teacher on every batch; "
+        f"{d['args']['steps']} steps after {d['args']['warmup']} of warm-up, "
+        f"best of {d['args']['repeat']}.",
+        "",
+        "| loop | images/s | vs the usual loop | peak memory (MiB) |",
+        "|---|---|---|---|",
+    ]
+    for key, label in _LOOPS.items():
+        if key not in res:
+            continue
+        r = res[key]
+        mem = f"{r['rss_mb']:.0f}"
+        if r.get("workers_pss_mb"):
+            mem += f" + {r['workers_pss_mb']:.0f} in workers"
+        lines.append(
+            f"| {label} | {r['img_s']:.0f} | {r['img_s'] / ref:.2f}× | {mem} |"
+        )
+    hours = d["results"].get("projected_paper_table1_hours", {})
+    if "reference" in hours and len(hours) > 1:
+        best = min((v, k) for k, v in hours.items())
+        lines += [
+            "",
+            "At these rates the `paper` Table 1 (16 rows × 3 seeds × 240 epochs "
+            f"of CIFAR-10) would take {hours['reference']:.0f} CPU-hours with the "
+            f"usual loop and {best[0]:.0f} with {_LOOPS[best[1]]} on this machine: "
+            "it is a GPU's job.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def speed_markdown(bench_dir: Path | None = None) -> str:
+    """The book's "how fast" section: every saved measurement in ``bench_dir``."""
+    bench_dir = Path(bench_dir) if bench_dir is not None else default_bench_dir()
+    factors = sorted(bench_dir.glob("book-factor-*.json"))
+    steps = sorted(
+        p
+        for p in bench_dir.glob("*.json")
+        if not p.name.startswith("book-factor-")
+        and "kd-3x32" in json.loads(p.read_text()).get("results", {})
+    )
+    if not factors and not steps:
+        return (
+            f"No measurement is saved in `{bench_dir}`: run "
+            "`bench/book_factor.py --save ...` and `bench/bench_speed.py --save "
+            "...` to add one.\n"
+        )
+    parts = []
+    for p in factors:
+        parts.append("**The `quick` book's runs, with and without kdutils.** ")
+        parts.append(book_factor_markdown(p))
+    # The richest step measurement: the file with the most loops.
+    if steps:
+        best = max(
+            steps, key=lambda p: len(json.loads(p.read_text())["results"]["kd-3x32"])
+        )
+        parts.append("\n**One distillation step at the survey's shape.** ")
+        parts.append(step_speed_markdown(best))
+    return "".join(parts)
