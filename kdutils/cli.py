@@ -185,14 +185,16 @@ def _models() -> int:
 
 def _figures(out: Path) -> int:
     from kdutils import plots
-    from kdutils.speed import speed_markdown
+    from kdutils.speed import book_factor_figure, speed_markdown
 
     out.mkdir(parents=True, exist_ok=True)
     fig = plots.taxonomy()
     fig.savefig(out / "taxonomy.png", dpi=150, bbox_inches="tight")
     (out / "profiles.md").write_text(_profiles_table())
     (out / "speed.md").write_text(speed_markdown())
-    print(f"wrote {out / 'taxonomy.png'}, {out / 'profiles.md'} and {out / 'speed.md'}")
+    fig = book_factor_figure()
+    fig.savefig(out / "speed.png", dpi=150, bbox_inches="tight")
+    print(f"wrote taxonomy.png, profiles.md, speed.md and speed.png to {out}")
     return 0
 
 

@@ -52,7 +52,7 @@ def book_factor_markdown(path: Path) -> str:
         "run on every batch). Times are whole runs, data and teacher loading "
         "included; one seed, so the accuracies differ by the data order only.",
         "",
-        "| family | method, student | kdutils (s) | usual loop (s) | kdutils is "
+        "| family | method, student | kdutils (s) | usual loop (s) | speed-up "
         "| accuracy, kdutils / usual (%) |",
         "|---|---|---|---|---|---|",
     ]
@@ -60,14 +60,14 @@ def book_factor_markdown(path: Path) -> str:
         lines.append(
             f"| {r['family']} | {r['method']}, {r['student']} "
             f"| {r['kdutils_seconds']:.0f} | {r['usual_seconds']:.0f} "
-            f"| {r['usual_seconds'] / r['kdutils_seconds']:.2f}× faster "
+            f"| {r['usual_seconds'] / r['kdutils_seconds']:.2f}× "
             f"| {100 * r['kdutils_acc']:.2f} / {100 * r['usual_acc']:.2f} |"
         )
     fast = sum(r["kdutils_seconds"] for r in runs)
     usual = sum(r["usual_seconds"] for r in runs)
     lines.append(
         f"| **all {len(runs)}** | | **{fast:.0f}** | **{usual:.0f}** "
-        f"| **{usual / fast:.2f}× faster** | |"
+        f"| **{usual / fast:.2f}×** | |"
     )
     book = d.get("book")
     if book:
@@ -149,3 +149,44 @@ def speed_markdown(bench_dir: Path | None = None) -> str:
         parts.append("\n**One distillation step at the survey's shape.** ")
         parts.append(step_speed_markdown(best))
     return "".join(parts)
+
+
+def book_factor_figure(bench_dir: Path | None = None):
+    """Seconds per run with kdutils and the usual way, from the saved files.
+
+    One pair of bars per run of every ``book-factor-*.json`` in ``bench_dir``,
+    each labelled with its speed-up; a figure that says so when none is saved.
+    """
+    import matplotlib.pyplot as plt
+
+    bench_dir = Path(bench_dir) if bench_dir is not None else default_bench_dir()
+    runs = [
+        r
+        for p in sorted(bench_dir.glob("book-factor-*.json"))
+        for r in json.loads(p.read_text())["runs"]
+    ]
+    fig, ax = plt.subplots(figsize=(7.5, 0.42 * max(len(runs), 3) + 1.2))
+    if not runs:
+        ax.text(0.5, 0.5, "no book_factor measurement saved", ha="center")
+        ax.set_axis_off()
+        return fig
+    y = list(range(len(runs)))[::-1]
+    usual = [r["usual_seconds"] for r in runs]
+    fast = [r["kdutils_seconds"] for r in runs]
+    ax.barh([v + 0.2 for v in y], usual, 0.4, color="#b0b0b0", label="usual loop")
+    ax.barh([v - 0.2 for v in y], fast, 0.4, color="#1f77b4", label="kdutils")
+    for v, u, f in zip(y, usual, fast, strict=True):
+        ax.text(u + 3, v + 0.2, f"{u / f:.2f}×", va="center", fontsize=8)
+    ax.set_yticks(y, [f"{r['method']}, {r['student']} ({r['family']})" for r in runs])
+    ax.set_xlabel("seconds per quick run (whole run, one seed)")
+    ax.set_xlim(0, max(usual) * 1.15)
+    total_f, total_u = sum(fast), sum(usual)
+    ax.set_title(
+        f"{len(runs)} runs of the quick book: {total_f:.0f} s with kdutils, "
+        f"{total_u:.0f} s the usual way ({total_u / total_f:.2f}×)",
+        fontsize=10,
+    )
+    ax.legend(loc="lower right", fontsize=8)
+    ax.spines[["top", "right"]].set_visible(False)
+    fig.tight_layout()
+    return fig

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -12,11 +14,17 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def _isolated_caches(tmp_path, monkeypatch):
-    """Point every cache at ``tmp_path`` and forget the user's data folder."""
+    """Point every cache at ``tmp_path`` and forget the user's data folder;
+    close the figures a test left open."""
     monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "kd-cache"))
     # kdutils.data's download cache is $XDG_CACHE_HOME/kdutils/data.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.delenv("KD_DATA_DIR", raising=False)
+    yield
+    # Figures a test drew and left open would pile up over the session.
+    plt = sys.modules.get("matplotlib.pyplot")
+    if plt is not None:
+        plt.close("all")
 
 
 @pytest.fixture

@@ -71,9 +71,9 @@ def _steps(tmp_path):
 
 def test_the_book_factor_table_computes_its_ratios_and_total(tmp_path):
     md = book_factor_markdown(_factor(tmp_path))
-    assert "| response | kd, resnet8 | 50 | 150 | 3.00× faster | 88.00 / 87.00 |" in md
-    assert "| baseline | ce, resnet8 | 40 | 60 | 1.50× faster |" in md
-    assert "| **all 2** | | **90** | **210** | **2.33× faster** | |" in md
+    assert "| response | kd, resnet8 | 50 | 150 | 3.00× | 88.00 / 87.00 |" in md
+    assert "| baseline | ce, resnet8 | 40 | 60 | 1.50× |" in md
+    assert "| **all 2** | | **90** | **210** | **2.33×** | |" in md
     assert "140 cached `quick` runs (4.00 h" in md and "9.00 h" in md
     assert "about 2.2× faster" in md and "commit abcdef1234" in md
     assert "estimate" not in book_factor_markdown(_factor(tmp_path, book=False))
@@ -109,3 +109,18 @@ def test_figures_writes_the_speed_section_from_the_committed_files(tmp_path):
     assert main(["figures", "--out", str(tmp_path)]) == 0
     md = (tmp_path / "speed.md").read_text()
     assert "bench_speed.py" in md and "images/s" in md
+    assert (tmp_path / "speed.png").stat().st_size > 10_000
+
+
+def test_the_figure_draws_a_pair_of_bars_per_run_and_the_totals(tmp_path):
+    from kdutils.speed import book_factor_figure
+
+    _factor(tmp_path)
+    fig = book_factor_figure(tmp_path)
+    ax = fig.axes[0]
+    widths = sorted(p.get_width() for p in ax.patches)
+    assert widths == [40.0, 50.0, 60.0, 150.0]
+    assert "90 s with kdutils, 210 s the usual way (2.33×)" in ax.get_title()
+    assert {t.get_text() for t in ax.texts} == {"3.00×", "1.50×"}
+    empty = book_factor_figure(tmp_path / "nothing")
+    assert "no book_factor measurement" in empty.axes[0].texts[0].get_text()
