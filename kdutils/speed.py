@@ -87,6 +87,7 @@ def step_speed_markdown(path: Path, case: str = "kd-3x32") -> str:
     """The loops of a ``bench/bench_speed.py`` file for ``case``, in images/s."""
     d = json.loads(Path(path).read_text())
     res = d["results"][case]
+    gpu = d["args"].get("device") == "cuda"
     ref = res["reference"]["img_s"]
     lines = [
         f"Measured by `bench/bench_speed.py` ({_where(d['provenance'])}; "
@@ -114,9 +115,10 @@ def step_speed_markdown(path: Path, case: str = "kd-3x32") -> str:
         lines += [
             "",
             "At these rates the `paper` Table 1 (16 rows × 3 seeds × 240 epochs "
-            f"of CIFAR-10) would take {hours['reference']:.0f} CPU-hours with the "
-            f"usual loop and {best[0]:.0f} with {_LOOPS[best[1]]} on this machine: "
-            "it is a GPU's job.",
+            f"of CIFAR-10) would take {hours['reference']:.0f} "
+            f"{'GPU' if gpu else 'CPU'}-hours with the usual loop and "
+            f"{best[0]:.0f} with {_LOOPS[best[1]]} on this machine"
+            + ("." if gpu else ": it is a GPU's job."),
         ]
     return "\n".join(lines) + "\n"
 
@@ -125,12 +127,17 @@ def speed_markdown(bench_dir: Path | None = None) -> str:
     """The book's "how fast" section: every saved measurement in ``bench_dir``."""
     bench_dir = Path(bench_dir) if bench_dir is not None else default_bench_dir()
     factors = sorted(bench_dir.glob("book-factor-*.json"))
-    steps = sorted(
-        p
-        for p in bench_dir.glob("*.json")
-        if not p.name.startswith("book-factor-")
-        and "kd-3x32" in json.loads(p.read_text()).get("results", {})
-    )
+    # Per device, the step measurement with the most loops (CPU, and CUDA if saved).
+    steps: dict[str, tuple[int, Path]] = {}
+    for p in sorted(bench_dir.glob("*.json")):
+        if p.name.startswith("book-factor-"):
+            continue
+        d = json.loads(p.read_text())
+        loops = d.get("results", {}).get("kd-3x32")
+        if loops:
+            device = d["args"].get("device", "cpu")
+            if len(loops) > steps.get(device, (0, p))[0]:
+                steps[device] = (len(loops), p)
     if not factors and not steps:
         return (
             f"No measurement is saved in `{bench_dir}`: run "
@@ -141,13 +148,10 @@ def speed_markdown(bench_dir: Path | None = None) -> str:
     for p in factors:
         parts.append("**The `quick` book's runs, with and without kdutils.** ")
         parts.append(book_factor_markdown(p))
-    # The richest step measurement: the file with the most loops.
-    if steps:
-        best = max(
-            steps, key=lambda p: len(json.loads(p.read_text())["results"]["kd-3x32"])
-        )
-        parts.append("\n**One distillation step at the survey's shape.** ")
-        parts.append(step_speed_markdown(best))
+    for device, (_, p) in sorted(steps.items()):
+        where = "on a GPU" if device == "cuda" else "on the CPU"
+        parts.append(f"\n**One distillation step at the survey's shape, {where}.** ")
+        parts.append(step_speed_markdown(p))
     return "".join(parts)
 
 

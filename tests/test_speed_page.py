@@ -124,3 +124,13 @@ def test_the_figure_draws_a_pair_of_bars_per_run_and_the_totals(tmp_path):
     assert {t.get_text() for t in ax.texts} == {"3.00×", "1.50×"}
     empty = book_factor_figure(tmp_path / "nothing")
     assert "no book_factor measurement" in empty.axes[0].texts[0].get_text()
+
+
+def test_a_gpu_measurement_gets_its_own_paragraph_in_gpu_hours(tmp_path):
+    cpu = json.loads(_steps(tmp_path).read_text())
+    gpu = dict(cpu, args={**cpu["args"], "device": "cuda"})
+    (tmp_path / "cuda.json").write_text(json.dumps(gpu))
+    md = speed_markdown(tmp_path)
+    assert "survey's shape, on the CPU" in md and "survey's shape, on a GPU" in md
+    assert "600 CPU-hours" in md and "600 GPU-hours" in md
+    assert md.count("it is a GPU's job") == 1
