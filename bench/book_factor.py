@@ -206,9 +206,14 @@ def time_kdutils(cfg, cache: Path, folder: str) -> tuple[float, float]:
 
 
 def time_usual(cfg, cache: Path, root: Path, workers: int) -> tuple[float, float]:
-    from kdutils import data as kdata
     from kdutils.distillers import build
-    from kdutils.train import _load_teachers, build_model, fit, seed_everything
+    from kdutils.train import (
+        _load_teachers,
+        build_model,
+        fit,
+        load_split,
+        seed_everything,
+    )
 
     os.environ["KD_CACHE_DIR"] = str(cache)
     device = torch.device("cpu")
@@ -218,8 +223,7 @@ def time_usual(cfg, cache: Path, root: Path, workers: int) -> tuple[float, float
     )
     if teacher is not None:
         teacher = teacher.to(memory_format=torch.contiguous_format)
-    train_t = kdata.load(cfg.dataset, train=True).subset(cfg.train_subset)
-    test_t = kdata.load(cfg.dataset, train=False).subset(cfg.test_subset)
+    train_t, test_t = load_split(cfg, True), load_split(cfg, False)
     dataset = reference_dataset(cfg.dataset, root, True, cfg.augment)
     keep = subset_indices(len(dataset), cfg.train_subset)
     if keep is not None:
@@ -316,6 +320,7 @@ def main() -> None:
     ratio = {f: float(np.mean(v)) for f, v in by_family.items()}
     ratio["teacher"] = ratio.get("teacher", ratio.get("baseline", 1.0))
     book = usual_book = 0.0
+    counted = 0
     unknown = set()
     for r in runs:
         c = r["config"]
@@ -327,10 +332,11 @@ def main() -> None:
         if fam not in ratio:
             unknown.add(c["method"])
             continue
+        counted += 1
         book += r["final"]["train_seconds"]
         usual_book += r["final"]["train_seconds"] * ratio[fam]
     print(
-        f"estimate for the {len(runs)} cached quick runs ({book / 3600:.2f} h of "
+        f"estimate for the {counted} cached quick runs ({book / 3600:.2f} h of "
         f"recorded training, each scaled by its family's measured ratio): "
         f"{usual_book / 3600:.2f} h with the usual loop, {usual_book / book:.2f}x"
         + (f" (no ratio for: {', '.join(sorted(unknown))})" if unknown else "")
@@ -341,7 +347,7 @@ def main() -> None:
             measured,
             args,
             book={
-                "runs": len(runs) - sum(r["config"]["method"] in unknown for r in runs),
+                "runs": counted,
                 "recorded_train_seconds": round(book, 1),
                 "usual_loop_seconds_estimate": round(usual_book, 1),
                 "ratio_estimate": round(usual_book / book, 3),
