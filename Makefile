@@ -5,12 +5,14 @@
 #   make book               papermill -> _build/$(PROFILE)/executed, then Jupyter Book
 #                           renders those copies (no second execution)
 #   make book PROFILE=smoke the same with the tiny profile
-#   make test               ruff, unit tests, smoke notebooks (papermill), nbval
+#   make test               ruff, unit tests, the wheel installed and used outside
+#                           the checkout, smoke notebooks (papermill), nbval
 #                           re-execution from an empty cache, book with warnings as
 #                           errors, headless-browser check of the built pages
 #   make reproduce          the survey's Table 1 (PROFILE, SEEDS="0 1 2"), resumable
 #   make bench              bench/bench_speed.py: kdutils' loop vs the usual KD loop
 #                           (BENCH_ARGS="--device cuda --profile")
+#   make dist               the wheel and the sdist of kdutils, into dist/
 #   make clean / distclean  remove _build / also .venv, .cache, _offline
 #
 # Every target is incremental: a notebook is re-executed only when it or a file
@@ -76,11 +78,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 TIMED := bash scripts/timed
 TEST_TIMINGS := $(BUILD)/test-timings.txt
 
-.PHONY: help setup sysdeps book executed assemble reproduce bench clean distclean \
-	test test-lint test-unit test-notebooks test-nbval test-book test-browser
+.PHONY: help setup sysdeps book executed assemble reproduce bench dist clean distclean \
+	test test-lint test-unit test-install test-notebooks test-nbval test-book test-browser
 
 help:
-	@sed -n '1,16p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,18p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- setup
 
@@ -169,7 +171,7 @@ book: assemble
 test: setup
 	@mkdir -p $(BUILD) && rm -f $(TEST_TIMINGS)
 	@export KD_TIMINGS=$(TEST_TIMINGS); \
-	for stage in lint unit notebooks nbval book browser; do \
+	for stage in lint unit install notebooks nbval book browser; do \
 	  echo "=== make test-$$stage"; \
 	  $(TIMED) "test-$$stage" $(MAKE) --no-print-directory test-$$stage; \
 	done
@@ -180,6 +182,11 @@ test-lint: | setup
 
 test-unit: | setup
 	$(PY) -m pytest -q tests --ignore=tests/browser
+
+# The wheel and sdist built, the wheel installed into a fresh venv and used from
+# outside the checkout (a module left out of the wheel fails here).
+test-install: | setup
+	bash scripts/check_install.sh $(PY) $(BUILD)/dist
 
 # Every smoke notebook executed anew, training from an empty cache.
 test-notebooks: | setup
@@ -218,6 +225,11 @@ SEEDS ?= 0 1 2
 reproduce: setup
 	$(PY) -m kdutils reproduce --table 1 --profile $(PROFILE) --seeds $(SEEDS)
 
+dist: setup
+	rm -rf dist
+	$(PY) -m build --no-isolation --outdir dist .
+	@ls -l dist
+
 BENCH_ARGS ?=
 bench: setup
 	$(PY) bench/bench_speed.py $(BENCH_ARGS)
@@ -226,4 +238,4 @@ clean:
 	rm -rf $(BUILD)
 
 distclean: clean
-	rm -rf $(VENV) .cache _offline
+	rm -rf $(VENV) .cache _offline dist
