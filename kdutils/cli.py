@@ -64,7 +64,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
 
     sub.add_parser(
-        "methods", help="list the registered methods and their survey sections"
+        "methods",
+        help="list the methods and pipelines: survey section, or added by this "
+        "book, or a stand-in",
     )
     sub.add_parser("models", help="list the models with their parameter counts")
     r = sub.add_parser(
@@ -155,7 +157,7 @@ def _reproduce(args) -> int:
 
 
 def _section_key(section: str) -> tuple[int, ...]:
-    """ "2.2.3 (not in the survey)" -> (2, 2, 3), for listing in the survey's order."""
+    """ "2.2.3" -> (2, 2, 3), for listing in the survey's order."""
     head = section.split()[0].rstrip(",") if section else ""
     parts = [p for p in head.split(".") if p.isdigit()]
     return tuple(int(p) for p in parts) if parts else (99,)
@@ -163,15 +165,46 @@ def _section_key(section: str) -> tuple[int, ...]:
 
 def _methods() -> int:
     import kdutils as kd
+    from kdutils.distillers import describe_status
+    from kdutils.pipelines import PIPELINES
 
-    sections = {n: "§" + c.survey_section for n, c in kd.METHODS.items()}
-    w = max(len("survey section"), *map(len, sections.values()))
-    print(f"{'method':<10} {'survey section':<{w}} description")
-    for name, cls in sorted(
-        kd.METHODS.items(), key=lambda item: _section_key(item[1].survey_section)
-    ):
-        summary = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:<10} {sections[name]:<{w}} {summary}")
+    def table(rows: list[tuple[str, str, str, str]], head: str) -> None:
+        """One line per row; a stand-in's note (what differs) on a line below."""
+        w = max(len(head), *(len(r[0]) for r in rows))
+        v = max(len("where it comes from"), *(len(r[1]) for r in rows))
+        print(f"{head:<{w}}  {'where it comes from':<{v}}  description")
+        for name, status, summary, note in rows:
+            print(f"{name:<{w}}  {status:<{v}}  {summary}")
+            if note:
+                print(f"{'':<{w}}  {'':<{v}}  stands in for {note}")
+
+    def summary(obj) -> str:
+        return (obj.__doc__ or "").strip().splitlines()[0].replace("``", "")
+
+    methods = sorted(
+        kd.METHODS.items(), key=lambda i: _section_key(i[1].survey_section)
+    )
+    table(
+        [
+            (n, describe_status(c.status, c.survey_section), summary(c), c.status_note)
+            for n, c in methods
+        ],
+        "method",
+    )
+    print()
+    pipes = sorted(PIPELINES.values(), key=lambda p: _section_key(p.section))
+    table(
+        [
+            (
+                f"pipelines.{p.name}",
+                describe_status(p.status, p.section),
+                summary(p.fn),
+                p.note,
+            )
+            for p in pipes
+        ],
+        "pipeline",
+    )
     return 0
 
 

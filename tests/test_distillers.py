@@ -47,6 +47,14 @@ def _build(name: str):
 METHOD_NAMES = sorted(kd.METHODS)
 
 
+def test_register_refuses_an_unknown_status_and_a_stand_in_without_note():
+    with pytest.raises(ValueError, match="status must be one of"):
+        kd.register("nosuch_status", section="1", status="new")
+    with pytest.raises(ValueError, match="must say what it stands for"):
+        kd.register("nosuch_note", section="1", status="stand-in")
+    assert "nosuch_status" not in kd.METHODS and "nosuch_note" not in kd.METHODS
+
+
 def test_the_registry_has_the_baselines():
     assert {"ce", "kd"} <= set(kd.METHODS)
 
@@ -57,6 +65,8 @@ def test_method_is_well_formed(name):
     assert issubclass(cls, Distiller)
     assert name == name.lower() and cls.method_name == name
     assert cls.survey_section, "every method names its survey section"
+    assert cls.status in kd.distillers.STATUSES
+    assert bool(cls.status_note) == (cls.status == "stand-in")
     assert (cls.__doc__ or "").strip(), "the CLI lists the first docstring line"
 
 

@@ -14,9 +14,26 @@ from . import (  # noqa: F401
     small,
     traditional,
 )
-from .base import METHODS, Distiller, check_weights, get_method, register
+from .base import (
+    METHODS,
+    STATUSES,
+    Distiller,
+    check_weights,
+    describe_status,
+    get_method,
+    register,
+)
 
-__all__ = ["METHODS", "Distiller", "check_weights", "get_method", "register", "build"]
+__all__ = [
+    "METHODS",
+    "STATUSES",
+    "Distiller",
+    "check_weights",
+    "describe_status",
+    "get_method",
+    "register",
+    "build",
+]
 
 
 def build(name: str, student, teacher=None, **hparams) -> Distiller:

@@ -314,7 +314,13 @@ def _map_disc_loss(call, real: Tensor, fake: Tensor, y: Tensor):
     return discriminator_bce_loss(out_r, out_f), discriminator_accuracy(out_r, out_f)
 
 
-@register("advfeat", section="2.3.5")
+@register(
+    "advfeat",
+    section="2.3.5",
+    status="stand-in",
+    note="Chen et al. 2020b (image-translation GANs): a discriminator on a "
+    "classifier's last-stage maps plus L1, no perceptual term",
+)
 class AdvFeat(_AdversarialDistiller):
     """Adversarial KD on feature maps: a discriminator on the last stage (after Chen et al. 2020b).
 

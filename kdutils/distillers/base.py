@@ -30,6 +30,8 @@ from ..models import capture
 __all__ = [
     "Distiller",
     "register",
+    "describe_status",
+    "STATUSES",
     "get_method",
     "METHODS",
     "check_weights",
@@ -39,19 +41,47 @@ __all__ = [
 METHODS: dict[str, type[Distiller]] = {}
 
 
-def register(name: str, section: str) -> Callable[[type[Distiller]], type[Distiller]]:
-    """Class decorator: ``@register("kd", section="1")`` adds a method to the registry."""
+# Where a method comes from, as ``python -m kdutils methods`` and the chapters say it.
+STATUSES = {
+    "survey": "in the survey, §{section}",
+    "added": "added by this book, beside §{section}",
+    "stand-in": "stand-in, §{section}",
+    "baseline": "baseline, Table 1 (§{section})",
+}
+
+
+def register(
+    name: str, section: str, *, status: str = "survey", note: str = ""
+) -> Callable[[type[Distiller]], type[Distiller]]:
+    """Class decorator: ``@register("kd", section="1")`` adds a method to the registry.
+
+    ``section`` is the survey section the method belongs to (or sits beside);
+    ``status`` says where it comes from (a key of :data:`STATUSES`): described
+    in the survey, added by this book, a stand-in for a survey method (``note``
+    then says which method and how this one differs), or a baseline.
+    """
     if name != name.lower():
         raise ValueError(f"registry names are lowercase, got {name!r}")
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+    if status == "stand-in" and not note:
+        raise ValueError(f"stand-in {name!r} must say what it stands for (note=...)")
 
     def deco(cls: type[Distiller]) -> type[Distiller]:
         if name in METHODS:
             raise ValueError(f"method {name!r} is already registered")
         cls.method_name, cls.survey_section = name, section
+        cls.status, cls.status_note = status, note
         METHODS[name] = cls
         return cls
 
     return deco
+
+
+def describe_status(status: str, section: str, note: str = "") -> str:
+    """One line on where a method comes from, e.g. "added by this book, beside §2.2.1"."""
+    text = STATUSES[status].format(section=section)
+    return f"{text}: {note}" if note else text
 
 
 def get_method(name: str) -> type[Distiller]:
@@ -98,6 +128,8 @@ class Distiller(nn.Module):
 
     method_name: str = ""
     survey_section: str = ""
+    status: str = "survey"
+    status_note: str = ""
     needs_teacher: bool = True
     cache_teacher: bool = True
     teacher_layers: tuple[str, ...] = ()

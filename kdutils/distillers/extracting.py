@@ -236,7 +236,7 @@ class FSP(Distiller):
         }
 
 
-@register("nst", section="2.2.2")
+@register("nst", section="2.2.2", status="added")
 class NST(Distiller):
     """Neuron selectivity transfer (Huang & Wang 2017): match the channels' spatial distributions.
 

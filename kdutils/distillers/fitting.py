@@ -520,7 +520,7 @@ class SSKD(Distiller):
         return logits_s, {"ce": F.cross_entropy(logits_s, y)}
 
 
-@register("ab", section="2.2.1")
+@register("ab", section="2.2.1", status="added")
 class AB(Distiller):
     """Activation boundaries (Heo et al. 2019): the student's neurons switch on where the teacher's do.
 
@@ -680,7 +680,7 @@ class Translator(nn.Module):
         return self.encoder(x)
 
 
-@register("ft", section="2.2.1")
+@register("ft", section="2.2.1", status="added")
 class FT(Distiller):
     """Factor transfer (Kim et al. 2018): match the teacher's paraphrased factors.
 
@@ -821,7 +821,7 @@ def _pool_to_smaller(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     return a, F.adaptive_avg_pool2d(b, a.shape[2:])
 
 
-@register("vid", section="2.2.1")
+@register("vid", section="2.2.1", status="added")
 class VID(Distiller):
     """Variational information distillation (Ahn et al. 2019): maximise a likelihood of the teacher's features.
 

@@ -80,7 +80,13 @@ class _MultiTeacher(Distiller):
         return logits, [t[k] for k in self.teacher_layers]
 
 
-@register("avgkd", section="2.3.3")
+@register(
+    "avgkd",
+    section="2.3.3",
+    status="stand-in",
+    note="You et al. 2017: its averaged soft targets only, without its "
+    "relative-dissimilarity term",
+)
 class AvgKD(_MultiTeacher):
     """Averaged soft targets of several teachers (You et al. 2017).
 

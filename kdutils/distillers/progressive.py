@@ -170,7 +170,7 @@ class Snapshot(Distiller):
         }
 
 
-@register("rco", section="2.3.4")
+@register("rco", section="2.3.4", status="added")
 class RCO(Distiller):
     """Route-constrained optimisation: a teacher's training path, anchor by anchor (Jin et al. 2019).
 

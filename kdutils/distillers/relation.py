@@ -178,7 +178,7 @@ class SP(_Relational):
         }
 
 
-@register("pkt", section="2.2.3 (not in the survey)")
+@register("pkt", section="2.2.3", status="added")
 class PKT(_Relational):
     """Probabilistic knowledge transfer (Passalis & Tefas 2018): cosine affinities.
 
@@ -212,7 +212,7 @@ class PKT(_Relational):
         }
 
 
-@register("cc", section="2.2.3 (not in the survey)")
+@register("cc", section="2.2.3", status="added")
 class CC(_Relational):
     """Correlation congruence (Peng et al. 2019), RepDistiller's form.
 

@@ -9,7 +9,7 @@ from ..losses import kd_loss
 from .base import Distiller, check_weights, register
 
 
-@register("ce", section="4 (baseline)")
+@register("ce", section="4", status="baseline")
 class CE(Distiller):
     """The student trained alone on the labels (Table 1's direct training)."""
 

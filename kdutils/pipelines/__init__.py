@@ -17,5 +17,15 @@ from .nas import *  # noqa: F403
 from .nas import __all__ as _nas
 from .progressive import *  # noqa: F403
 from .progressive import __all__ as _progressive
+from .registry import PIPELINES, Pipeline, pipeline
 
-__all__ = [*_assistants, *_born_again, *_multi_teacher, *_nas, *_progressive]
+__all__ = [
+    *_assistants,
+    *_born_again,
+    *_multi_teacher,
+    *_nas,
+    *_progressive,
+    "PIPELINES",
+    "Pipeline",
+    "pipeline",
+]

@@ -30,6 +30,7 @@ from ..distillers import get_method
 from ..models import check_model_name, create_model, num_params
 from ..results import Result
 from ..train import run, run_id
+from .registry import pipeline
 
 __all__ = ["takd", "dgkd", "chain_sizes"]
 
@@ -94,6 +95,7 @@ def _assistant_cfg(cfg: Config, arch: str, seed: int, **changes) -> Config:
     return cfg.replace(student=arch, seed=seed, eval_every=cfg.epochs, **changes)
 
 
+@pipeline("takd", section="3.2")
 def takd(
     cfg: Config,
     assistants: Sequence[str],
@@ -134,6 +136,7 @@ def takd(
     return [r for _, r in stages]
 
 
+@pipeline("dgkd", section="3.2")
 def dgkd(
     cfg: Config,
     assistants: Sequence[str],

@@ -15,10 +15,12 @@ import torch
 from ..config import Config
 from ..results import Result
 from ..train import load_split, predict_logits, run, run_id
+from .registry import pipeline
 
 __all__ = ["born_again", "generation_ensemble_accuracy"]
 
 
+@pipeline("born_again", section="2.3.4", status="added")
 def born_again(
     cfg: Config,
     generations: int = 3,

@@ -17,6 +17,7 @@ from ..models import check_model_name
 from ..results import Result
 from ..train import run, run_id
 from .assistants import _report
+from .registry import pipeline
 
 __all__ = ["multi_teacher", "teacher_runs_of"]
 
@@ -37,6 +38,7 @@ def teacher_runs_of(cfg: Config, teachers: Sequence[str]) -> list[Config]:
     return [teacher_config(cfg.replace(teacher=t)) for t in teachers]
 
 
+@pipeline("multi_teacher", section="2.3.3")
 def multi_teacher(
     cfg: Config,
     teachers: Sequence[str],

@@ -37,6 +37,7 @@ from ..distillers import build
 from ..models import ResNet, create_model, model_depth, model_name, num_params
 from ..results import Result
 from ..train import evaluate, fit, load_split, predict_logits, run, seed_everything
+from .registry import pipeline
 
 __all__ = [
     "Candidate",
@@ -210,6 +211,13 @@ def _check_groups(groups, step) -> tuple[tuple[tuple[int, ...], ...], tuple[int,
     return groups, tuple(int(s) for s in steps)
 
 
+@pipeline(
+    "channel_planting",
+    section="3.1",
+    status="stand-in",
+    note="Mitsuno et al. 2021: greedy, every candidate trained from scratch "
+    "instead of training only the planted channels",
+)
 def channel_planting(
     cfg: Config,
     start: Sequence[int],
@@ -310,6 +318,13 @@ class SearchSpace:
         return random.Random(seed).sample(self.architectures(), n)
 
 
+@pipeline(
+    "kd_search",
+    section="3.1",
+    status="stand-in",
+    note="Liu et al. 2020b: random search over a small space instead of an "
+    "RL controller with a latency reward",
+)
 def kd_search(
     cfg: Config,
     space: SearchSpace | None = None,
@@ -736,6 +751,7 @@ def _stage(name: str, model: nn.Module, test, shape) -> dict[str, Any]:
     }
 
 
+@pipeline("prune_and_recover", section="3.1")
 def prune_and_recover(
     model: nn.Module,
     cfg: Config,

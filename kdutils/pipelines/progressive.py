@@ -21,6 +21,7 @@ from ..config import Config, teacher_config
 from ..results import Result
 from ..train import load_run, run, run_id
 from .assistants import _report
+from .registry import pipeline
 
 __all__ = ["route_kd", "anchor_epochs"]
 
@@ -35,6 +36,7 @@ def anchor_epochs(epochs: int, anchors: int = 4) -> tuple[int, ...]:
     return tuple(round(k * epochs / anchors) for k in range(1, anchors + 1))
 
 
+@pipeline("route_kd", section="2.3.4", status="added")
 def route_kd(
     cfg: Config,
     checkpoints: Sequence[int] | None = None,
