@@ -224,7 +224,7 @@ class FitNet(Distiller):
     ``L = ce_weight CE + kd_weight KD + hint_weight MSE(r(f_S), f_T)`` with
     ``r`` a conv regressor (:func:`conv_regressor`) from the student's
     ``hint_layer`` to the teacher's (survey Eq. (2)). The defaults are
-    Table 1's FitNet row, the joint form of the CIFAR benchmark (RepDistiller:
+    the joint form of the CRD benchmark's FitNet row (RepDistiller:
     hint on the middle stage, ``-r 1 -a 0 -b 100``: cross-entropy plus 100
     times the hint loss, no soft targets).
 
@@ -232,7 +232,7 @@ class FitNet(Distiller):
     its guided layer and the regressor are trained on the hint loss alone for
     ``init_epochs`` epochs (``prepare``). Their second stage is KD; for the
     paper's two-stage form pass ``hint_weight=0, ce_weight=0.1,
-    kd_weight=0.9`` too (Table 1's KD; Romero et al. anneal the KD weight).
+    kd_weight=0.9`` too (``kd``'s weights; Romero et al. anneal the KD weight).
     """
 
     def __init__(
@@ -531,8 +531,8 @@ class AB(Distiller):
     for equal shapes, else a conv + BN (the authors' 1x1 conv + BN, or the
     benchmark's strided variant when sizes differ). The main training is then
     ``ce_weight CE + kd_weight KD``: the authors' CIFAR script trains the
-    initialised student with soft targets; here with Table 1's KD (T=4,
-    0.1/0.9). RepDistiller's benchmark uses CE alone (``ce_weight=1,
+    initialised student with soft targets; here with ``kd``'s T=4,
+    0.1/0.9 (RepDistiller's KD defaults). RepDistiller's benchmark uses CE alone (``ce_weight=1,
     kd_weight=0``) after 30 initialisation epochs, its ``init_epochs`` default.
     """
 

@@ -94,8 +94,8 @@ class AvgKD(_MultiTeacher):
     with ``q = 1/M sum_m softmax(z_m / T)`` (:func:`teacher_ensemble_targets`,
     :func:`kl_to_targets`); with one teacher this is ``kd``. Only the averaged
     soft targets of the paper: its second term, the relative dissimilarity of
-    triplets in an intermediate layer, is not implemented. Defaults: Table 1's
-    KD settings (T = 4, 0.1/0.9), so ``avgkd`` and ``kd`` differ only in the
+    triplets in an intermediate layer, is not implemented. Defaults: ``kd``'s
+    (T = 4, 0.1/0.9, RepDistiller's defaults), so ``avgkd`` and ``kd`` differ only in the
     teachers. Terms: ``ce``, ``kd``.
     """
 

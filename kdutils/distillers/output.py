@@ -60,7 +60,7 @@ class DTD(Distiller):
     is ``T + beta * (mean_batch(w) - w)`` and ``w = (1 - cos(l_S, l_T))^gamma``
     (:func:`kdutils.losses.dtd_temperatures`). ``probability_shift=True``
     adds the paper's knowledge adjustment (the teacher's wrong top class and
-    the label swapped). T and the weights are Table 1's KD setting; the
+    the label swapped). T and the weights are ``kd``'s (RepDistiller's defaults); the
     paper's beta and gamma could not be checked (its code is not public): 1.0
     and 1.0 are those of TextBrewer's implementation of the same rule.
     """

@@ -180,8 +180,8 @@ class RCO(Distiller):
     paper's "equal epoch interval" choice); in stage k the student learns
     from anchor k with Hinton's loss, ``ce_weight * CE + kd_weight *
     kd_loss(z_s, z_anchor, T)``, so it follows the teacher's route from an
-    easy, unconverged teacher to the final one. Defaults: Table 1's KD
-    setting (T = 4, 0.1 / 0.9), RCO's mimicking loss being Hinton's KD loss.
+    easy, unconverged teacher to the final one. Defaults: ``kd``'s (T = 4, 0.1 / 0.9,
+    RepDistiller's KD defaults), RCO's mimicking loss being Hinton's KD loss.
 
     With ``Config.teacher_runs`` naming several finished runs the trainer
     passes them as a ``ModuleList``; :func:`kdutils.pipelines.route_kd`

@@ -98,7 +98,7 @@ class RKD(_Relational):
 
     ``L = ce_weight CE + rkd_weight (distance_weight L_dist + angle_weight
     L_angle)`` on the ``pool`` embeddings. Defaults: the paper's 25 and 50, and
-    RepDistiller's ``-b 1`` (Table 1's RKD row).
+    RepDistiller's ``-b 1`` (its RKD row; the survey states no weights).
     """
 
     def __init__(
@@ -148,8 +148,8 @@ class SP(_Relational):
     """Similarity-preserving KD (Tung & Mori 2019): batch Gram matrices.
 
     ``L = ce_weight CE + sp_weight L_SP`` on the last stage's maps
-    (``layer3``). Default ``sp_weight = 3000``: RepDistiller's ``-b 3000``,
-    the benchmark recipe behind Table 1's SPKD row.
+    (``layer3``). Default ``sp_weight = 3000``: RepDistiller's ``-b 3000``
+    (the CRD benchmark's SP row; the survey states no weights).
     """
 
     def __init__(

@@ -1,7 +1,7 @@
 """Distillers for small networks: survey section 3.2 (early-stopped KD, DGKD).
 
 Both keep the book's KD term (:func:`kdutils.losses.kd_loss`: KL summed over
-classes, averaged over the batch, times T^2) and Table 1's KD weights, so that
+classes, averaged over the batch, times T^2) and ``kd``'s weights (RepDistiller's defaults), so that
 each reduces exactly to ``kd`` in its limit (ESKD that never stops, DGKD with
 one guide) and the chapter's comparisons differ only in what the methods add.
 Teacher assistants (TAKD) need no Distiller of their own: they are a chain of
@@ -40,7 +40,7 @@ class ESKD(Distiller):
     ``stop=0.5`` is our default: the paper chooses the stopping point per
     experiment (its headline variant also stops the *teacher's* own training
     early, which is a shorter teacher run: ``teacher_epochs``). T and the
-    weights are Table 1's KD values. Reference: ``cho2019efficacy``.
+    weights are ``kd``'s. Reference: ``cho2019efficacy``.
     """
 
     def __init__(

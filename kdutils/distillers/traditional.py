@@ -29,7 +29,8 @@ class KD(Distiller):
 
     ``L = ce_weight * CE(l_S, y) + kd_weight * T^2 KL(p_T || p_S)``; the survey's
     lambda is ``ce_weight`` and (1 - lambda) is ``kd_weight``. The T^2 factor is
-    inside :func:`kdutils.losses.kd_loss`. Defaults are Table 1's: T=4, 0.1/0.9.
+    inside :func:`kdutils.losses.kd_loss`. Defaults: T=4, 0.1/0.9,
+    RepDistiller's (the CRD benchmark's); the survey states no values.
     """
 
     def __init__(

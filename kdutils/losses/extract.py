@@ -168,7 +168,7 @@ def afd_loss(
     Maps ``(B, C, H, W)`` of equal shape per pair; each channel map divided by
     its L2 norm (+ ``eps``); ``rhos`` ``(B, C)`` are the channel weights (rows
     summing to 1, from the Distiller's attention). The form of the
-    Knowledge-Distillation-Zoo implementation behind the survey's Table-1 row.
+    Knowledge-Distillation-Zoo implementation (the survey names no code).
     Reference ``wang2020pay``, survey section 2.2.2.
     """
     _check_pairs(feats_s, feats_t, "afd_loss")

@@ -31,9 +31,9 @@ def hint_loss(feat_s: Tensor, feat_t: Tensor) -> Tensor:
 
     ``mean_{b,c,h,w} (f_S - f_T)^2`` with ``f_S`` the regressed student
     feature; shapes ``(B, C, H, W), (B, C, H, W) -> ()`` (any equal shapes).
-    The paper writes ``1/2 ||f_T - r(f_S)||^2``; the CIFAR benchmark that
-    Table 1 follows (RepDistiller's ``HintLoss``) uses ``nn.MSELoss``, a
-    mean, and that is this function.
+    The paper writes ``1/2 ||f_T - r(f_S)||^2``; the CRD benchmark's code
+    (RepDistiller's ``HintLoss``) uses ``nn.MSELoss``, a mean, and that is
+    this function.
 
     Reference: ``romero2015fitnets``; survey section 2.2.1, Eq. (2).
     """
