@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
@@ -27,6 +28,28 @@ __all__ = [
     "capture",
     "num_params",
 ]
+
+
+class PointwiseDownsample(nn.Conv2d):
+    """The downsampling shortcut's strided 1x1 convolution, safe on AVX2 CPUs.
+
+    With fewer than 8 input channels the strided convolution is computed as
+    what it is, a stride-1 1x1 convolution of every ``stride``-th pixel: the
+    same products and sums, the same parameters. Why: in torch 2.14.1
+    (oneDNN 3.12), on a CPU limited to AVX2 (no AVX-512), the weight gradient
+    of a strided 1x1 convolution in channels_last with under 8 input
+    channels corrupts the heap with one thread (SIGSEGV/SIGABRT) and spins
+    without end with two; a stride-1 1x1 convolution and 8 or more channels
+    are fine (``bench/avx2_pointwise.py`` reproduces it). Only the narrow
+    networks of channel planting (chapter 11) have such a shortcut; every
+    other model takes the plain path.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.in_channels >= 8 or self.stride == (1, 1):
+            return super().forward(x)
+        sh, sw = self.stride
+        return F.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias)
 
 
 class BasicBlock(nn.Module):
@@ -48,7 +71,7 @@ class BasicBlock(nn.Module):
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
             self.shortcut = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False),
+                PointwiseDownsample(in_planes, planes, 1, stride, bias=False),
                 nn.BatchNorm2d(planes),
             )
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
+from torch import nn
 
 import kdutils as kd
-from kdutils.models import MODELS, ResNet, param_check
+from kdutils.models import MODELS, PointwiseDownsample, ResNet, param_check
 
 
 @pytest.mark.parametrize(
@@ -184,3 +189,48 @@ def test_any_depth_and_widths_by_name():
     for bad in ("resnet15_w8-8-16-32", "resnet14_w0-8-16-32", "resnet14_w8-8-16"):
         with pytest.raises(ValueError, match="unknown model"):
             kd.create_model(bad)
+
+
+@pytest.mark.parametrize("cin", [2, 7, 8, 16])
+def test_pointwise_downsample_is_the_strided_1x1_convolution(cin):
+    torch.manual_seed(0)
+    plain = nn.Conv2d(cin, 4, 1, 2, bias=False)
+    safe = PointwiseDownsample(cin, 4, 1, 2, bias=False)
+    safe.load_state_dict(plain.state_dict())
+    x = torch.randn(3, cin, 9, 9).to(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    torch.testing.assert_close(safe(x2), plain(x1))
+    plain(x1).square().sum().backward()
+    safe(x2).square().sum().backward()
+    torch.testing.assert_close(safe.weight.grad, plain.weight.grad)
+    torch.testing.assert_close(x2.grad, x1.grad)
+
+
+def test_narrow_downsampling_shortcuts_train_with_onednn_limited_to_avx2():
+    """The crash of a strided 1x1 weight gradient with < 8 input channels (torch
+    2.14.1, oneDNN 3.12, AVX2 only, channels_last) cannot reach a ResNet.
+
+    ONEDNN_MAX_CPU_ISA=AVX2 imitates an AVX2-only CPU on an AVX-512 one; with a
+    plain nn.Conv2d shortcut this child dies with SIGSEGV or SIGABRT.
+    """
+    code = (
+        "import torch; torch.set_num_threads(1)\n"
+        "import kdutils as kd\n"
+        "m = kd.create_model('resnet8_w2-2-2-2', 10, 1)"
+        ".to(memory_format=torch.channels_last)\n"
+        "x = torch.randn(64, 1, 8, 8).to(memory_format=torch.channels_last)\n"
+        "for _ in range(5):\n"
+        "    torch.nn.functional.cross_entropy(m(x), torch.zeros(64).long())"
+        ".backward()\n"
+    )
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    shortcuts = [
+        m
+        for m in kd.create_model("resnet8_w2-2-2-2", 10, 1).modules()
+        if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
+    ]
+    assert shortcuts and all(isinstance(m, PointwiseDownsample) for m in shortcuts)
