@@ -161,6 +161,7 @@ assemble: $(EXECUTED) $(GEN_STAMP) | setup
 	$(if $(EXECUTED),cp -p $(EXECUTED) $(SRC_DIR)/notebooks/)
 
 book: assemble
+	@$(PY) scripts/colab_cell.py --warn
 	@$(TIMED) "jupyter-book build [$(PROFILE)]" $(JB) build \
 		$(SRC_DIR) --path-output $(PROFILE_DIR) $(JB_FLAGS)
 	@$(PY) scripts/nb_timings.py $(EXECUTED)

@@ -120,3 +120,26 @@ def test_no_control_characters_in_the_sources():
         if CONTROL.search(path.read_text(encoding="utf-8")):
             found[path.name] = "control characters"
     assert not found, f"control characters (a lost backslash?): {found}"
+
+
+def test_every_chapter_has_the_colab_install_cell_from_config():
+    """One URL (``_config.yml``'s repository.url) feeds every install cell."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "colab_cell", ROOT / "scripts" / "colab_cell.py"
+    )
+    colab = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(colab)
+    url = colab.repository_url()
+    assert colab.chapters()
+    for path in colab.chapters():
+        assert colab.stale(path, url) is None, path.name
+        nb = json.loads(path.read_text())
+        first_code = next(c for c in nb["cells"] if c["cell_type"] == "code")
+        assert colab.TAG in first_code["metadata"].get("tags", []), path.name
+        # the URL appears nowhere else in the notebook
+        rest = "".join("".join(c["source"]) for c in nb["cells"] if c is not first_code)
+        assert url not in rest, path.name
+    # a cell written for another URL is stale
+    assert colab.stale(colab.chapters()[0], url + "-elsewhere") is not None

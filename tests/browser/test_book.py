@@ -278,6 +278,16 @@ def test_chapter_page(stem: str, visit, base_url: str) -> None:
     title = seen.page.title()
     assert facts["title"] in title, f"title {title!r} lacks {facts['title']!r}"
 
+    # The download button offers the executed notebook (outputs included).
+    links = seen.page.eval_on_selector_all(
+        "a[href$='.ipynb']", "els => els.map(e => e.getAttribute('href'))"
+    )
+    assert any(h.endswith(f"_sources/notebooks/{stem}.ipynb") for h in links), links
+    offered = json.loads(
+        (HTML_DIR / "_sources" / "notebooks" / f"{stem}.ipynb").read_text()
+    )
+    assert any(c.get("outputs") for c in offered["cells"]), "not the executed notebook"
+
     if facts["has_math"]:
         assert found["math"]["containers"] >= 1, (
             "the notebook's equations were not typeset"
