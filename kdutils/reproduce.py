@@ -560,7 +560,6 @@ def reproduce(
     default = profile if amp is None else f"{profile}-{amp}"
     out = Path(out) if out is not None else Path("results") / "table1" / default
     runs_dir = out / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
 
     missing = [r for r in all_rows if not r.available]
     for r in missing:
@@ -576,6 +575,8 @@ def reproduce(
         if r.available
         for s in seeds
     ]
+    # Only now, with every config checked (a bad profile or value has raised).
+    runs_dir.mkdir(parents=True, exist_ok=True)
     results: dict[tuple[str, int], Result] = {}
     todo = []
     for t in tasks:

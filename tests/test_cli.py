@@ -228,3 +228,11 @@ def test_train_with_amp_is_its_own_run_and_fp16_needs_cuda(capsys):
     if not torch.cuda.is_available():
         assert main(["train", *TINY, "--amp", "fp16", "--device", "cpu"]) == 2
         assert "fp16" in _one_line_error(capsys.readouterr().err)
+
+
+def test_reproduce_with_a_bad_profile_creates_nothing(tmp_path):
+    out = tmp_path / "table"
+    proc = _python_m("reproduce", "--profile", "bogus", "--out", str(out))
+    assert proc.returncode == 2
+    assert "bogus" in _one_line_error(proc.stderr)
+    assert not out.exists()
