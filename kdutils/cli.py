@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import sys
+import time
 from pathlib import Path
 
 __all__ = ["main"]
@@ -258,6 +259,7 @@ def _profiles_table() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    started = time.time()
     from kdutils.data import DataUnavailable
     from kdutils.train import CheckpointError, NonFiniteLoss
 
@@ -278,7 +280,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(
-            "interrupted: the last completed epoch is checkpointed; rerun with --resume"
-        )
+        print(_interrupted(started))
         return 130
+
+
+def _interrupted(since: float) -> str:
+    """What an interrupted command left behind, said truthfully.
+
+    A run writes ``checkpoint.pt`` after each finished epoch; the checkpoints
+    written since the command started say whether there is anything to resume.
+    """
+    from kdutils.train import cache_dir
+
+    saved = sorted(
+        (p.stat().st_mtime, p.parent.name)
+        for p in (cache_dir() / "runs").glob("*/checkpoint.pt")
+        if p.stat().st_mtime >= since
+    )
+    if not saved:
+        return (
+            "interrupted before any epoch finished: nothing was checkpointed; "
+            "rerun the command to start again"
+        )
+    return (
+        f"interrupted: {saved[-1][1]} is checkpointed at its last finished epoch; "
+        "rerun the command with --resume to continue it"
+    )

@@ -236,3 +236,19 @@ def test_reproduce_with_a_bad_profile_creates_nothing(tmp_path):
     assert proc.returncode == 2
     assert "bogus" in _one_line_error(proc.stderr)
     assert not out.exists()
+
+
+def test_an_interrupt_says_whether_anything_was_checkpointed(tmp_path, monkeypatch):
+    from kdutils.cli import _interrupted
+
+    monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path))
+    old = tmp_path / "runs" / "kd-old-run" / "checkpoint.pt"
+    old.parent.mkdir(parents=True)
+    old.write_bytes(b"x")
+    os.utime(old, (1, 1))  # written long before this command
+    assert "nothing was checkpointed" in _interrupted(since=100.0)
+    new = tmp_path / "runs" / "kd-this-run" / "checkpoint.pt"
+    new.parent.mkdir()
+    new.write_bytes(b"x")
+    line = _interrupted(since=100.0)
+    assert "kd-this-run" in line and "--resume" in line and "kd-old-run" not in line
