@@ -30,8 +30,9 @@ TAG = "colab-install"
 PLACEHOLDER = "https://github.com/kd-companion/kd-companion"
 
 CELL = """\
-# Colab only: install kdutils from the book's repository (elsewhere this cell
-# does nothing). Written by scripts/colab_cell.py from _config.yml.
+# Colab only: install kdutils from the book's repository (elsewhere
+# this cell does nothing). Written by scripts/colab_cell.py from
+# _config.yml.
 import sys
 
 if "google.colab" in sys.modules:
@@ -41,9 +42,10 @@ if "google.colab" in sys.modules:
     pip = [sys.executable, "-m", "pip", "install", "-q", f"git+{{repo}}"]
     if subprocess.run(pip).returncode != 0:
         sys.exit(
-            f"Could not install kdutils from {{repo}}: open this notebook from a "
-            "checkout of the repository, or upload the wheel that `make dist` "
-            "builds and run `pip install kdutils-*.whl`."
+            f"Could not install kdutils from {{repo}}: open this "
+            "notebook from a checkout of the repository, or upload "
+            "the wheel that `make dist` builds and run "
+            "`pip install kdutils-*.whl`."
         )"""
 
 
