@@ -31,6 +31,7 @@ __all__ = [
     "Distiller",
     "register",
     "describe_status",
+    "check_status",
     "STATUSES",
     "get_method",
     "METHODS",
@@ -62,10 +63,7 @@ def register(
     """
     if name != name.lower():
         raise ValueError(f"registry names are lowercase, got {name!r}")
-    if status not in STATUSES:
-        raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
-    if status == "stand-in" and not note:
-        raise ValueError(f"stand-in {name!r} must say what it stands for (note=...)")
+    check_status(name, status, note)
 
     def deco(cls: type[Distiller]) -> type[Distiller]:
         if name in METHODS:
@@ -76,6 +74,14 @@ def register(
         return cls
 
     return deco
+
+
+def check_status(name: str, status: str, note: str) -> None:
+    """Raise ``ValueError`` for an unknown status or a stand-in without its note."""
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
+    if status == "stand-in" and not note:
+        raise ValueError(f"stand-in {name!r} must say what it stands for (note=...)")
 
 
 def describe_status(status: str, section: str, note: str = "") -> str:

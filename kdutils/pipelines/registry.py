@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ..distillers import STATUSES
+from ..distillers.base import check_status
 
 __all__ = ["PIPELINES", "Pipeline", "pipeline"]
 
@@ -31,10 +31,7 @@ def pipeline(
     name: str, section: str, *, status: str = "survey", note: str = ""
 ) -> Callable[[Callable], Callable]:
     """Function decorator: record a pipeline's section and status (see ``register``)."""
-    if status not in STATUSES:
-        raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
-    if status == "stand-in" and not note:
-        raise ValueError(f"stand-in {name!r} must say what it stands for (note=...)")
+    check_status(name, status, note)
 
     def deco(fn: Callable) -> Callable:
         if name in PIPELINES:
