@@ -18,6 +18,7 @@ import os
 import pickle
 import platform
 import random
+import re
 import subprocess
 import sys
 import time
@@ -589,6 +590,34 @@ def _teacher_train_features(
 COMPILE_MIN_STEPS = 2000
 
 
+def inductor_cache_per_isa() -> str | None:
+    """Give torch.compile's on-disk cache one folder per CPU vector ISA.
+
+    Why: in torch 2.14.1 the inductor cache key leaves out the CPU's vector
+    instruction set. A graph compiled where AVX-512 was picked, served where
+    AVX2 is (another CPU sharing the cache, or ``ATEN_CPU_CAPABILITY=avx2``),
+    gave wrong teacher logits without an error; the other way round it
+    crashed the process (SIGSEGV), which is how ``make test`` died after the
+    machine's CPU changed under a persistent ``/tmp``. So unless the user chose
+    ``TORCHINDUCTOR_CACHE_DIR``, the cache is torch's default folder plus the
+    ISA's name and width (``.../torchinductor_<user>/avx2-256``). Returns the
+    folder set, or None when the user's own setting was left alone.
+    """
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    # torch writes its default into the variable the first time it looks
+    # (importing the optimizers does), so the default counts as unset.
+    chosen = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if chosen and os.path.abspath(chosen) != os.path.abspath(default_cache_dir()):
+        return None
+    isa = pick_vec_isa()
+    name = f"{isa}-{isa.bit_width()}" if isa else "novec"
+    folder = os.path.join(default_cache_dir(), re.sub(r"[^A-Za-z0-9_.-]+", "_", name))
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    return folder
+
+
 def _compile_teacher(
     distiller: Distiller, loader: kdata.Loader, mode: bool | str, steps: int
 ) -> str:
@@ -611,6 +640,7 @@ def _compile_teacher(
     n, bs = len(loader.data), loader.batch_size
     sizes = sorted({min(bs, n), n % bs or min(bs, n)}, reverse=True)
     try:
+        inductor_cache_per_isa()
         teacher.compile(dynamic=False)
         fmt = loader.memory_format
         for b in sizes:

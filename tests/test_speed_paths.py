@@ -6,7 +6,9 @@ tests run where CUDA is available and are skipped elsewhere. No timings here.
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -118,6 +120,59 @@ def test_a_compiled_teacher_gives_the_eager_logits():
     torch.testing.assert_close(
         distiller.teacher_outputs(x)["logits"], eager, atol=1e-4, rtol=1e-4
     )
+
+
+_COMPILE_CHILD = """
+import torch
+import kdutils as kd
+from kdutils import data as kdata, train as ktrain
+torch.manual_seed(0)
+teacher = kd.create_model("resnet8", 10, 1).eval()
+distiller = kd.build("kd", kd.create_model("resnet8", 10, 1), teacher)
+d = kdata.load("digits", train=True)
+loader = kdata.Loader(kdata.TensorData(d.images[:40], d.labels[:40], "digits"),
+                      16, shuffle=False)
+x = next(iter(loader))[0]
+eager = distiller.teacher_outputs(x)["logits"]
+assert ktrain._compile_teacher(distiller, loader, True, 10**6) == "yes"
+torch.testing.assert_close(distiller.teacher_outputs(x)["logits"], eager,
+                           atol=1e-4, rtol=1e-4)
+import os; print("cache", os.environ["TORCHINDUCTOR_CACHE_DIR"])
+"""
+
+
+@pytest.mark.skipif(
+    shutil.which("cc") is None and shutil.which("gcc") is None,
+    reason="torch.compile on CPU needs a C compiler",
+)
+@pytest.mark.skipif(sys.platform != "linux", reason="inductor is tested on Linux")
+def test_a_compile_cache_made_on_another_cpu_isa_is_never_served(tmp_path):
+    # Compile once limited to AVX2, then with the CPU's own ISA, sharing one
+    # default cache folder (as a persistent /tmp does when the CPU changes).
+    # Before the per-ISA folders, the second run crashed (SIGSEGV) on an
+    # AVX-512 CPU, and the reverse order gave wrong logits.
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["TMPDIR"] = str(tmp_path)
+    folders = []
+    for capability in ("avx2", None):
+        child = dict(env)
+        child.pop("ATEN_CPU_CAPABILITY", None)
+        if capability:
+            child["ATEN_CPU_CAPABILITY"] = capability
+        done = subprocess.run(
+            [sys.executable, "-c", _COMPILE_CHILD],
+            env=child,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        folders.append(done.stdout.split("cache ")[-1].strip())
+    assert all(Path(f).parent.parent == tmp_path for f in folders)
+    from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+    if "avx512" in str(pick_vec_isa()):
+        assert folders[0] != folders[1]
 
 
 # --- the loader: on-device data gives the batches the CPU gives ---------------
