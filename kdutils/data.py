@@ -11,6 +11,7 @@ torchvision downloads when the network allows.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import os
 import pickle
@@ -23,6 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .errors import EnvironmentProblem
 
 __all__ = [
     "DATASETS",
@@ -37,8 +40,9 @@ __all__ = [
 SYSTEM_DIRS = {"fashion-mnist": Path("/usr/share/datasets/fashion-mnist")}
 
 
-class DataUnavailable(RuntimeError):
-    """The dataset's files are not on this machine and cannot be downloaded."""
+class DataUnavailable(EnvironmentProblem):
+    """The dataset's files are not on this machine (or are corrupt) and cannot
+    be downloaded."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,30 @@ def cache_root() -> Path:
     return Path(base) / "kdutils" / "data"
 
 
+@contextlib.contextmanager
+def _readable(*paths: Path) -> Iterator[None]:
+    """Turn any failure to parse a dataset file into one line naming it."""
+    try:
+        yield
+    except (
+        pickle.UnpicklingError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        IndexError,
+        AttributeError,
+        struct.error,
+        OSError,
+    ) as e:
+        names = " or ".join(str(p) for p in paths)
+        raise DataUnavailable(
+            f"{names} is truncated or corrupt ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:120] if str(e) else 'unreadable'}); "
+            "replace it with an intact copy, or move it away to use another copy"
+        ) from None
+
+
 def _read_idx(path: Path) -> np.ndarray:
     """Read an IDX file (the MNIST format), gzipped or not."""
     opener = gzip.open if path.suffix == ".gz" else open
@@ -169,8 +197,11 @@ def _load_fashion(train: bool, root) -> TensorData:
         img = _find_idx(folder, f"{prefix}-images-idx3-ubyte")
         lab = _find_idx(folder, f"{prefix}-labels-idx1-ubyte")
         if img and lab:
-            x = torch.from_numpy(_read_idx(img).copy()).unsqueeze(1)
-            y = torch.from_numpy(_read_idx(lab).astype(np.int64))
+            with _readable(img, lab):
+                x = torch.from_numpy(_read_idx(img).copy()).unsqueeze(1)
+                y = torch.from_numpy(_read_idx(lab).astype(np.int64))
+                if x.ndim != 4 or len(x) != len(y):
+                    raise ValueError(f"{len(x)} images but {len(y)} labels")
             return TensorData(x, y, "fashion-mnist")
     try:
         from torchvision.datasets import FashionMNIST
@@ -203,12 +234,15 @@ def _load_cifar(name: str, train: bool, root) -> TensorData:
         if all(f.exists() for f in files):
             xs, ys = [], []
             for f in files:
-                with open(f, "rb") as fh:
-                    entry = pickle.load(fh, encoding="latin1")
-                xs.append(
-                    np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-                )
-                ys.append(np.asarray(entry.get("labels", entry.get("fine_labels"))))
+                with _readable(f):
+                    with open(f, "rb") as fh:
+                        entry = pickle.load(fh, encoding="latin1")
+                    xs.append(
+                        np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+                    )
+                    ys.append(np.asarray(entry.get("labels", entry.get("fine_labels"))))
+                    if ys[-1].ndim != 1 or len(ys[-1]) != len(xs[-1]):
+                        raise ValueError("its images and labels do not match")
             x = torch.from_numpy(np.concatenate(xs))
             y = torch.from_numpy(np.concatenate(ys).astype(np.int64))
             return TensorData(x, y, name)

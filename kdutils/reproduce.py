@@ -48,7 +48,8 @@ import numpy as np
 
 from .config import Config, make_config, teacher_config
 from .distillers import METHODS, get_method
-from .results import Result, atomic_write_bytes, survey_table1
+from .errors import CorruptArtifact
+from .results import Result, atomic_write_bytes, set_aside, survey_table1
 
 __all__ = [
     "TableRow",
@@ -359,8 +360,9 @@ def _export_run(res: Result) -> bytes:
     """A finished run's folder (result.json, model.pt) as tar bytes."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name in ("result.json", "model.pt"):
-            tar.add(Path(res.path) / name, arcname=name)
+        for name in ("result.json", "model.pt", *sorted(res.files or {})):
+            if name not in tar.getnames():
+                tar.add(Path(res.path) / name, arcname=name)
     return buf.getvalue()
 
 
@@ -582,7 +584,13 @@ def reproduce(
     for t in tasks:
         path = runs_dir / t.filename
         if path.exists():
-            res = Result.load(path)
+            try:
+                res = Result.load(path)
+            except CorruptArtifact as e:
+                moved = set_aside(path, out / "set-aside")
+                print(f"[corrupt] {e}; moved to {moved}; running {t.label} again")
+                todo.append(t)
+                continue
             if t.is_done_by(res):
                 results[(t.row.row, t.seed)] = res
                 continue

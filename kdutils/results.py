@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ import numpy as np
 import torch
 
 from .config import Config
+from .errors import CorruptArtifact
 
 __all__ = [
     "Result",
@@ -23,11 +26,26 @@ __all__ = [
     "compare",
     "survey_table1",
     "atomic_write_bytes",
+    "write_checked",
+    "verify_file",
+    "set_aside",
+    "CorruptArtifact",
 ]
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so a reader never sees a partial file."""
+    """Write ``data`` to ``path`` so a reader never sees a partial file.
+
+    The file gets the permissions of a plain ``open()`` under the user's umask
+    (``mkstemp`` alone makes it 0600, which a cache shared by a group cannot
+    read).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -35,11 +53,78 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# --- checksums: a cached file is used only if it is what was written ---------
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def write_checked(path: str | os.PathLike, data: bytes) -> str:
+    """Write ``data`` atomically with a ``<name>.sha256`` file beside it, for
+    files that no run record lists (a teacher's logits, a checkpoint).
+    Returns the checksum."""
+    path = Path(path)
+    digest = sha256_bytes(data)
+    atomic_write_bytes(path, data)
+    atomic_write_bytes(_sidecar(path), f"{digest}  {path.name}\n".encode())
+    return digest
+
+
+def verify_file(path: str | os.PathLike, expected: str | None = None) -> None:
+    """Raise :class:`CorruptArtifact` unless ``path`` exists and has the
+    checksum ``expected`` (default: the one in its ``.sha256`` file). A file
+    with neither was written before kdutils kept checksums and is trusted."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorruptArtifact(f"{path} is missing")
+    if expected is None:
+        side = _sidecar(path)
+        if not side.is_file():
+            return
+        expected = side.read_text().split(maxsplit=1)[0] if side.stat().st_size else ""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CorruptArtifact(
+            f"{path} is not the file that was written (sha256 {actual[:12]}, "
+            f"recorded {expected[:12] or 'nothing'})"
+        )
+
+
+def set_aside(path: str | os.PathLike, into: str | os.PathLike) -> Path:
+    """Move a broken file or folder (and a file's ``.sha256``) to ``into``,
+    under a name with the time, never deleting it. Returns where it went."""
+    path, into = Path(path), Path(into)
+    into.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    # A file keeps its folder's name (the run it belonged to) in its new name.
+    where = "" if path.is_dir() else f"{path.parent.name}--"
+    dest = into / f"{where}{path.name}.{stamp}"
+    os.replace(path, dest)
+    side = _sidecar(path)
+    if side.is_file():
+        os.replace(side, into / f"{where}{side.name}.{stamp}")
+    return dest
 
 
 @dataclass
@@ -56,6 +141,9 @@ class Result:
     # Set by scripts/rekey_cache.py when a run was carried over to a new code
     # version verified to compute the same (old key, old code hash, commit).
     rekeyed: dict[str, Any] | None = None
+    # The sha256 of each file the run wrote to its folder (model.pt, ...),
+    # checked before any of them is used; None for runs from before.
+    files: dict[str, str] | None = None
     path: str | None = field(default=None, compare=False)  # run folder, not saved
     from_cache: bool = field(default=False, compare=False)
     # Set by ``load_run("<folder>@e<N>")``: the student after epoch N of this
@@ -75,6 +163,8 @@ class Result:
     def to_json(self) -> str:
         d = asdict(self)
         d.pop("path"), d.pop("from_cache"), d.pop("epoch")
+        if d["files"] is None:
+            d.pop("files")  # records from before checksums read as they did
         return json.dumps(d, indent=1, sort_keys=True)
 
     def save(self, path: str | os.PathLike) -> None:
@@ -82,9 +172,53 @@ class Result:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Result:
+        """Read a run record; :class:`CorruptArtifact` (naming the file) if it
+        is not one: truncated, not JSON, or with missing or wrong fields."""
         path = Path(path)
-        d = json.loads(path.read_text())
-        return cls(**d, path=str(path.parent))
+        try:
+            d = json.loads(path.read_bytes().decode())
+            res = cls(**d, path=str(path.parent))
+            res._check_fields()
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            why = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+            raise CorruptArtifact(
+                f"{path} is not a valid run record ({type(e).__name__}: {why})"
+            ) from None
+        return res
+
+    def _check_fields(self) -> None:
+        if not isinstance(self.config, dict) or not isinstance(self.history, list):
+            raise TypeError("config must be an object and history a list")
+        if not isinstance(self.final, dict) or "test_acc" not in self.final:
+            raise KeyError("final.test_acc")
+        acc = self.final["test_acc"]
+        if acc is not None and not isinstance(acc, (int, float)):
+            raise TypeError(f"final.test_acc is {acc!r}")
+        self.cfg  # noqa: B018 - the config must still be a valid Config
+        if self.files is not None and not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.files.items()
+        ):
+            raise TypeError("files must map names to checksums")
+
+    def verify_files(self, names: list[str] | None = None) -> None:
+        """Check the run's files against the checksums in its record (all of
+        them, or ``names``); :class:`CorruptArtifact` on the first that is
+        missing or changed. A record from before checksums were kept is
+        checked by loading its ``model.pt``."""
+        if self.path is None:
+            raise ValueError("this result has no run folder")
+        folder = Path(self.path)
+        if self.files is None:
+            try:
+                torch.load(folder / "model.pt", map_location="cpu", weights_only=True)
+            except Exception as e:  # noqa: BLE001 - any unreadable file is corrupt
+                raise CorruptArtifact(
+                    f"{folder / 'model.pt'} cannot be read ({type(e).__name__})"
+                ) from None
+            return
+        for name in names if names is not None else sorted(self.files):
+            if name in self.files:
+                verify_file(folder / name, self.files[name])
 
     def load_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
         """The trained student (or teacher) of this run, in eval mode."""
@@ -94,6 +228,8 @@ class Result:
             raise ValueError("this result has no run folder to load weights from")
         model = build_model(self.cfg.student, self.cfg.dataset)
         weights = "model.pt" if self.epoch is None else f"model-e{self.epoch}.pt"
+        if self.files is not None:
+            self.verify_files([weights])
         state = torch.load(
             Path(self.path) / weights, map_location=device, weights_only=True
         )

@@ -21,8 +21,10 @@ import random
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import types
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,8 +37,16 @@ from tqdm import tqdm
 from . import data as kdata
 from .config import Config, teacher_config
 from .distillers import Distiller, build, get_method
+from .errors import CacheUnwritable, CorruptArtifact, DeviceUnavailable
 from .models import create_model, num_params
-from .results import Result, atomic_write_bytes
+from .results import (
+    Result,
+    atomic_write_bytes,
+    set_aside,
+    sha256_file,
+    verify_file,
+    write_checked,
+)
 
 __all__ = [
     "run",
@@ -170,6 +180,88 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a torch.device, checked: ValueError for a name torch does
+    not know as a training device, :class:`DeviceUnavailable` for one this
+    machine does not have. None: CUDA if available, else the CPU."""
+    if device is None:
+        return default_device()
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(
+            f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}"
+        )
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise DeviceUnavailable(
+                f"device {str(device)!r}: no CUDA GPU is visible on this machine "
+                "(torch.cuda.is_available() is False); use --device cpu"
+            )
+        if dev.index is not None and dev.index >= n:
+            raise DeviceUnavailable(
+                f"device {str(device)!r}: this machine has {n} CUDA GPU(s), "
+                f"numbered 0..{n - 1}"
+            )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceUnavailable(f"device {str(device)!r}: MPS is not available here")
+    return dev
+
+
+def check_cache_writable() -> Path:
+    """The run cache, made if needed; :class:`CacheUnwritable` (one line with
+    the path) if it cannot be created or written."""
+    root = cache_dir()
+    try:
+        (root / "runs").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root / "runs"):
+            pass
+    except OSError as e:
+        raise CacheUnwritable(
+            f"the run cache {root} cannot be written ({e.strerror or type(e).__name__}"
+            f"{': ' + e.filename if e.filename else ''}); set KD_CACHE_DIR to a "
+            "writable folder"
+        ) from None
+    return root
+
+
+@contextlib.contextmanager
+def _run_lock(folder: Path, name: str) -> Iterator[None]:
+    """Hold the run's lock (``<cache>/locks/<folder>.lock``) while training it.
+
+    A second process asking for the same run says so in one line and waits;
+    it then finds the run finished and loads it (or resumes its checkpoint
+    if the first was interrupted). ``fcntl.flock``: the kernel drops the lock
+    when its holder dies, even by ``kill -9``.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    locks = folder.parent.parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{folder.name}.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            print(f"[wait] {name} is being trained by {holder}; waiting for it")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {platform.node()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -261,16 +353,19 @@ def _trainable_state(distiller: Distiller) -> dict[str, Tensor]:
 def save_checkpoint(path: Path, state: dict) -> None:
     buf = io.BytesIO()
     torch.save(state, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    write_checked(path, buf.getvalue())
 
 
 def load_checkpoint(path: Path, key: str) -> dict:
     try:
+        verify_file(path)
         state = torch.load(path, map_location="cpu", weights_only=False)
+    except CorruptArtifact as e:
+        raise CheckpointError(str(e)) from None
     except (EOFError, RuntimeError, pickle.UnpicklingError, OSError, ValueError) as e:
         raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: {e}); "
-            "delete it (or restart the run) to train from scratch"
+            f"checkpoint {path} is truncated or corrupt ({type(e).__name__}: "
+            f"{str(e).splitlines()[0][:120] if str(e) else ''})"
         ) from None
     if not isinstance(state, dict) or state.get("key") != key:
         raise CheckpointError(f"checkpoint {path} does not belong to run {key}")
@@ -523,14 +618,23 @@ def _teacher_train_logits(
     suffix = "" if t_res.epoch is None else f"-e{t_res.epoch}"
     path = Path(t_res.path) / f"train_logits{suffix}.pt"
     if path.exists():
-        logits = torch.load(path, weights_only=True)
-        if logits.shape[0] == len(train):
-            print(f"[cache] {t_res.name}: logits on the training set (loaded)")
-            return logits
+        try:
+            verify_file(path)
+            logits = torch.load(path, weights_only=True)
+            if not isinstance(logits, Tensor) or logits.ndim != 2:
+                raise CorruptArtifact(f"{path} holds no (N, classes) logits")
+        except (CorruptArtifact, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+            moved = set_aside(path, cache_dir() / "set-aside")
+            why = str(e) if isinstance(e, CorruptArtifact) else f"{path} is unreadable"
+            print(f"[corrupt] {why}; moved to {moved}; computing the logits again")
+        else:
+            if logits.shape[0] == len(train):
+                print(f"[cache] {t_res.name}: logits on the training set (loaded)")
+                return logits
     logits = predict_logits(teacher, train)
     buf = io.BytesIO()
     torch.save(logits, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    write_checked(path, buf.getvalue())
     print(f"[teacher] {t_res.name}: logits on the training set computed once, cached")
     return logits
 
@@ -745,6 +849,7 @@ def load_distiller(res: Result | str, device: str | torch.device = "cpu") -> Dis
     student = build_model(cfg.student, cfg.dataset)
     distiller = build(cfg.method, student, teacher, **cfg.method_args)
     distiller.setup(load_split(cfg, True))
+    res.verify_files(["model.pt", "distiller.pt"])
     state = {
         f"student.{k}": v
         for k, v in torch.load(
@@ -793,24 +898,98 @@ def run(
     """
     check_amp(amp)
     check_compile(compile)
+    device = resolve_device(device)
+    check_amp(amp, device)
     key = run_key(cfg, channels_last, amp)
     folder = run_dir(cfg, channels_last, amp)
-    result_path, ckpt = folder / "result.json", folder / "checkpoint.pt"
-    if use_cache and result_path.exists():
-        res = Result.load(result_path)
-        res.from_cache = True
-        print(
-            f"[cache] {cfg.name}: test acc {100 * res.test_acc:.2f}% (loaded, not trained)"
-        )
+    if use_cache and (res := _from_cache(cfg, folder)) is not None:
         return res
+    check_cache_writable()
+    with _run_lock(folder, cfg.name):
+        # Another process may have finished the run while this one waited.
+        if use_cache and (res := _from_cache(cfg, folder)) is not None:
+            return res
+        created = not folder.exists()
+        try:
+            return _train_run(
+                cfg,
+                key,
+                folder,
+                device,
+                resume,
+                restart,
+                progress,
+                channels_last,
+                amp,
+                compile,
+            )
+        except BaseException:
+            # A run that failed before its first checkpoint leaves no folder.
+            if created and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+            raise
+
+
+def _from_cache(cfg: Config, folder: Path) -> Result | None:
+    """The finished run in ``folder``, checked; None if there is none.
+
+    A record that cannot be read, or a file that differs from its recorded
+    checksum, makes the run "not cached": one line says so, and the whole
+    folder is moved to ``<cache>/set-aside/`` (kept, not deleted).
+    """
+    result_path = folder / "result.json"
+    if not result_path.exists():
+        return None
+    try:
+        res = Result.load(result_path)
+        res.verify_files()
+    except CorruptArtifact as e:
+        moved = set_aside(folder, cache_dir() / "set-aside")
+        print(f"[corrupt] {e}; moved the run's folder to {moved}; training it again")
+        return None
+    res.from_cache = True
+    print(
+        f"[cache] {cfg.name}: test acc {100 * res.test_acc:.2f}% (loaded, not trained)"
+    )
+    return res
+
+
+def _usable_checkpoint(ckpt: Path, key: str, name: str) -> bool:
+    """Whether ``ckpt`` can be resumed; a broken one is set aside with a line."""
+    if not ckpt.exists():
+        return False
+    try:
+        load_checkpoint(ckpt, key)
+    except CheckpointError as e:
+        moved = set_aside(ckpt, cache_dir() / "set-aside")
+        print(f"[corrupt] {e}; moved to {moved}; {name} starts from epoch 0")
+        return False
+    return True
+
+
+def _train_run(
+    cfg: Config,
+    key: str,
+    folder: Path,
+    device: torch.device,
+    resume: bool,
+    restart: bool,
+    progress: bool,
+    channels_last: bool,
+    amp: str | None,
+    compile: bool | str,
+) -> Result:
+    result_path, ckpt = folder / "result.json", folder / "checkpoint.pt"
     if ckpt.exists() and restart:
         ckpt.unlink()
+        Path(str(ckpt) + ".sha256").unlink(missing_ok=True)
+        print(f"[restart] {cfg.name}: the partial run was discarded")
     elif ckpt.exists() and not resume:
         raise PartialRunExists(
             f"a partial run of {cfg.name} exists at {ckpt}; resume it or restart it"
         )
-    device = torch.device(device) if device is not None else default_device()
-    check_amp(amp, device)
+    elif resume:
+        _usable_checkpoint(ckpt, key, cfg.name)
     teacher, t_res, t_results = _load_teachers(
         cfg,
         device,
@@ -818,6 +997,8 @@ def run(
         channels_last=channels_last,
         amp=amp,
         compile=compile,
+        resume=resume,
+        restart=restart,
     )
     train, test = load_split(cfg, True), load_split(cfg, False)
     seed_everything(cfg.seed)
@@ -874,9 +1055,11 @@ def run(
         buf = io.BytesIO()
         torch.save(own, buf)
         atomic_write_bytes(folder / "distiller.pt", buf.getvalue())
+    written = ["model.pt", "distiller.pt", *(f"model-e{e}.pt" for e in cfg.save_epochs)]
     res = Result(
         name=cfg.name,
         key=key,
+        files={n: sha256_file(folder / n) for n in written if (folder / n).exists()},
         config=cfg.to_dict(),
         history=history,
         final={
@@ -905,5 +1088,6 @@ def run(
     )
     res.save(result_path)
     ckpt.unlink(missing_ok=True)
+    Path(str(ckpt) + ".sha256").unlink(missing_ok=True)
     print(f"[done] {cfg.name}: test acc {100 * res.test_acc:.2f}% in {wall:.1f} s")
     return res
