@@ -104,15 +104,84 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# Names that ``train`` sets with options of its own; ``--set`` may not.
+_OWN_OPTIONS = {
+    "method": "--method",
+    "seed": "--seed",
+    "teacher": "--teacher",
+    "student": "--student",
+    "dataset": "--dataset",
+    "epochs": "--epochs",
+    "profile": "--profile",
+    "method_args": "--set NAME=VALUE",
+}
+
+
+def _train_folders(cfg) -> list[Path]:
+    """The run folders ``train`` may write: the student's and its teacher's."""
+    from kdutils.config import teacher_config
+    from kdutils.distillers import get_method
+    from kdutils.train import run_dir
+
+    folders = [run_dir(cfg)]
+    if get_method(cfg.method).needs_teacher and cfg.teacher and not cfg.teacher_runs:
+        folders.append(run_dir(teacher_config(cfg)))
+    return folders
+
+
+def _warn_small_teacher(cfg) -> None:
+    import torch
+
+    from kdutils.distillers import get_method
+    from kdutils.models import create_model, num_params
+
+    if not (get_method(cfg.method).needs_teacher and cfg.teacher):
+        return
+    with torch.device("meta"):
+        t, s = (
+            num_params(create_model(cfg.teacher)),
+            num_params(create_model(cfg.student)),
+        )
+    if t < s:
+        print(
+            f"warning: the teacher {cfg.teacher} ({t:,} parameters) is smaller than "
+            f"the student {cfg.student} ({s:,}); distillation usually teaches a "
+            "small model from a larger one",
+            file=sys.stderr,
+        )
+
+
 def _train(args) -> int:
     import kdutils as kd
     from kdutils.train import PartialRunExists
 
+    hparams = dict(args.hparams)
+    for name in hparams:
+        if name in _OWN_OPTIONS:
+            raise ValueError(
+                f"--set {name}=...: {name} has an option of its own; use "
+                f"{_OWN_OPTIONS[name]}"
+            )
     overrides = {"method": args.method, "seed": args.seed}
     for name in ("teacher", "student", "dataset", "epochs"):
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
-    cfg = kd.make_config(args.profile, **overrides, **dict(args.hparams))
+    cfg = kd.make_config(args.profile, **overrides, **hparams)
+    from kdutils.train import resolve_device
+
+    resolve_device(args.device)
+    _warn_small_teacher(cfg)
+    folders = _train_folders(cfg)
+    args.run_folders = folders
+    if args.resume and not any((f / "checkpoint.pt").exists() for f in folders):
+        done = (folders[0] / "result.json").exists()
+        print(
+            f"[resume] {cfg.name} is already finished; loading it"
+            if done
+            else f"[resume] nothing to resume: no partial run of {cfg.name}"
+            + (" or its teacher" if len(folders) > 1 else "")
+            + "; training from scratch"
+        )
     try:
         res = kd.run(
             cfg,
@@ -260,7 +329,7 @@ def _profiles_table() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     started = time.time()
-    from kdutils.data import DataUnavailable
+    from kdutils.errors import EnvironmentProblem
     from kdutils.train import CheckpointError, NonFiniteLoss
 
     try:
@@ -273,22 +342,44 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "models":
             return _models()
         return _figures(args.out)
-    except ValueError as e:  # bad names or hyperparameters: one line, status 2
+    except ValueError as e:  # bad names or values: one line, status 2
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except (DataUnavailable, CheckpointError, NonFiniteLoss) as e:
+    except (EnvironmentProblem, CheckpointError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # no space left, a read-only folder, ...
+        print(f"error: {_os_error(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(_interrupted(started))
+        print(_interrupted(started, getattr(args, "run_folders", ())))
         return 130
 
 
-def _interrupted(since: float) -> str:
+def _os_error(e: OSError) -> str:
+    """One line for a failed file operation, with the path and what to do."""
+    import errno
+
+    where = f" {e.filename}" if e.filename else ""
+    text = f"{e.strerror or type(e).__name__}:{where}".rstrip(":")
+    if e.errno == errno.ENOSPC:
+        return (
+            f"{text}: no space left on the device; free some space, or set "
+            "KD_CACHE_DIR (runs) or --out (tables) to a disk with room. A "
+            "finished epoch's checkpoint is intact: rerun with --resume"
+        )
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR):
+        return f"{text}: this path cannot be written; choose a writable folder"
+    return text
+
+
+def _interrupted(since: float, folders: list[Path] | tuple = ()) -> str:
     """What an interrupted command left behind, said truthfully.
 
     A run writes ``checkpoint.pt`` after each finished epoch; the checkpoints
-    written since the command started say whether there is anything to resume.
+    written since the command started, and those of the command's own runs
+    (``folders``, written by an earlier command), say whether there is
+    anything to resume.
     """
     from kdutils.train import cache_dir
 
@@ -297,6 +388,12 @@ def _interrupted(since: float) -> str:
         for p in (cache_dir() / "runs").glob("*/checkpoint.pt")
         if p.stat().st_mtime >= since
     )
+    older = [f.name for f in folders if (f / "checkpoint.pt").exists()]
+    if not saved and older:
+        return (
+            f"interrupted before another epoch finished: {older[0]} is still "
+            "checkpointed where it was; rerun the command with --resume to continue it"
+        )
     if not saved:
         return (
             "interrupted before any epoch finished: nothing was checkpointed; "

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,16 +60,11 @@ class Config:
     profile: str = "paper"
 
     def __post_init__(self) -> None:
+        _check_field_types(self)
         # Normalise containers so equal configs compare and hash equally.
         object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
         object.__setattr__(self, "teacher_runs", tuple(self.teacher_runs))
         object.__setattr__(self, "save_epochs", tuple(self.save_epochs))
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.eval_every < 1:
-            raise ValueError(f"eval_every must be >= 1, got {self.eval_every}")
         if any(
             isinstance(e, bool) or not isinstance(e, int) or not 1 <= e <= self.epochs
             for e in self.save_epochs
@@ -77,8 +73,6 @@ class Config:
                 f"save_epochs must be increasing epochs in 1..{self.epochs}, "
                 f"got {list(self.save_epochs)}"
             )
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.schedule not in ("step", "cosine"):
             raise ValueError(
                 f"schedule must be 'step' or 'cosine', got {self.schedule!r}"
@@ -133,6 +127,100 @@ class Config:
         ]
         parts.append(f"s{self.seed}")
         return "-".join(str(p) for p in parts)
+
+
+# What each field accepts: (kind, lowest, highest), checked when a Config is
+# made so that a bad value fails at once, naming itself, before any training.
+_SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
+_FIELD_RULES: dict[str, tuple[str, float | None, float | None]] = {
+    "epochs": ("int", 1, None),
+    "batch_size": ("int", 1, None),
+    "eval_every": ("int", 1, None),
+    "seed": ("int", 0, _SEED_MAX),
+    "teacher_seed": ("int", 0, _SEED_MAX),
+    "train_subset": ("int?", 1, None),
+    "test_subset": ("int?", 1, None),
+    "teacher_epochs": ("int?", 1, None),
+    "lr": ("float", 0, None),  # > 0, see below
+    "momentum": ("float", 0, 1),
+    "weight_decay": ("float", 0, None),
+    "gamma": ("float", 0, None),  # > 0
+    "augment": ("bool", None, None),
+    "method": ("str", None, None),
+    "dataset": ("str", None, None),
+    "student": ("str", None, None),
+    "teacher": ("str?", None, None),
+    "profile": ("str", None, None),
+    "schedule": ("str", None, None),
+}
+_POSITIVE = {"lr", "gamma"}
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_real(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_field_types(cfg: Config) -> None:
+    for name, (kind, lo, hi) in _FIELD_RULES.items():
+        v = getattr(cfg, name)
+        if kind.endswith("?"):
+            if v is None:
+                continue
+            kind = kind[:-1]
+        what = {
+            "int": "an integer",
+            "float": "a finite number",
+            "bool": "True or False",
+            "str": "a name",
+        }[kind]
+        ok = {
+            "int": is_int,
+            "float": is_real,
+            "bool": lambda x: isinstance(x, bool),
+            "str": lambda x: isinstance(x, str) and bool(x),
+        }[kind](v)
+        if ok and kind == "float":
+            ok = math.isfinite(v)
+        if ok and lo is not None and (v <= lo if name in _POSITIVE else v < lo):
+            ok = False
+        if ok and hi is not None and (v >= hi if name == "momentum" else v > hi):
+            ok = False
+        if not ok:
+            if lo is not None and hi is not None:
+                bound = f"in [{lo}, {hi}{')' if name == 'momentum' else ']'}"
+            elif lo is not None:
+                bound = f"{'>' if name in _POSITIVE else '>='} {lo}"
+            else:
+                bound = ""
+            if _FIELD_RULES[name][0].endswith("?"):
+                bound += " or None (all)" if "subset" in name else " or None"
+            allowed = f"{what} {bound}".strip()
+            raise ValueError(f"{name} must be {allowed}, got {v!r}")
+    for name in ("milestones",):
+        v = getattr(cfg, name)
+        if (
+            isinstance(v, (str, bytes))
+            or not hasattr(v, "__iter__")
+            or not all(
+                is_int(m) or (isinstance(m, float) and m.is_integer()) for m in v
+            )
+        ):
+            raise ValueError(f"{name} must be a list of epochs (integers), got {v!r}")
+    if list(cfg.milestones) != sorted(set(cfg.milestones)) or any(
+        m < 1 for m in cfg.milestones
+    ):
+        raise ValueError(
+            f"milestones must be increasing epochs >= 1, got {list(cfg.milestones)}"
+        )
+    if not isinstance(cfg.method_args, dict):
+        raise ValueError(f"method_args must be a dict, got {cfg.method_args!r}")
+    runs = cfg.teacher_runs
+    if isinstance(runs, (str, bytes)) or not all(isinstance(r, str) for r in runs):
+        raise ValueError(f"teacher_runs must be a list of run names, got {runs!r}")
 
 
 # Overrides per profile. ``paper`` is the defaults: the survey's data and models,
@@ -235,8 +323,37 @@ def method_defaults(method: str, cfg: Config | None = None) -> dict[str, Any]:
                 f"method {method!r} has no hyperparameter {unknown[0]!r}; "
                 f"it accepts: {', '.join(defaults) or 'none'}"
             )
+        for k, v in cfg.method_args.items():
+            _check_hparam(method, k, v, params[k])
         _check_values(cls, cfg)
     return defaults
+
+
+def _check_hparam(method: str, name: str, value: Any, param: inspect.Parameter) -> None:
+    """A hyperparameter's value against its constructor annotation (``float``,
+    ``int``, ``bool``, ``str``, each maybe ``| None``): the right type, and a
+    finite number. Ranges are the method's own checks (``_check_values``)."""
+    ann = param.annotation if isinstance(param.annotation, str) else ""
+    if not ann:
+        ann = type(param.default).__name__
+    kinds = {part.strip() for part in ann.split("|")}
+    if value is None and "None" in kinds:
+        return
+    if "float" in kinds:
+        ok, what = is_real(value) and math.isfinite(value), "a finite number"
+    elif "int" in kinds:
+        ok, what = is_int(value), "an integer"
+    elif "bool" in kinds:
+        ok, what = isinstance(value, bool), "True or False"
+    elif "str" in kinds:
+        ok, what = isinstance(value, str), "a string"
+    else:
+        ok, what = not (isinstance(value, float) and not math.isfinite(value)), "finite"
+    if not ok:
+        raise ValueError(
+            f"hyperparameter {name} of {method!r} must be {what} (default "
+            f"{param.default!r}), got {value!r}"
+        )
 
 
 def _check_values(cls, cfg: Config) -> None:
