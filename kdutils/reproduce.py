@@ -255,7 +255,8 @@ _RUN_KEY = re.compile(r"-[0-9a-f]{12}(?=(@e\d+)?$)")
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    """A run's config with its ``teacher_runs`` named without their cache keys.
+    """A run's config with its ``teacher_runs`` named without their cache keys,
+    and without what only decides what is measured (``runs.MEASURED_ONLY``).
 
     A saved row counts as done when its config is the one the row would run
     now. The keys in ``teacher_runs`` (a pipeline's earlier stages) also hash
@@ -263,8 +264,11 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     them, a pipeline row goes stale when its stages' configs change, and not
     when only the code does, like a plain row.
     """
+    from .runs import MEASURED_ONLY
+
     runs = config.get("teacher_runs") or []
-    return {**config, "teacher_runs": [_RUN_KEY.sub("", r) for r in runs]}
+    kept = {k: v for k, v in config.items() if k not in MEASURED_ONLY}
+    return {**kept, "teacher_runs": [_RUN_KEY.sub("", r) for r in runs]}
 
 
 @dataclass

@@ -47,6 +47,7 @@ from .results import (
     verify_file,
     write_checked,
 )
+from .runs import CORE_VERSION, cache_dir, covers, measure_both, run_dir, run_key
 
 __all__ = [
     "run",
@@ -149,29 +150,6 @@ def check_amp(amp: str | None, device: torch.device | str | None = None) -> None
 def check_compile(compile: bool | str) -> None:
     if compile not in (True, False, "auto"):
         raise ValueError(f"compile must be True, False or 'auto', got {compile!r}")
-
-
-def run_key(cfg: Config, channels_last: bool = True, amp: str | None = None) -> str:
-    """Hash of the config, the training code, the memory layout (NHWC or not)
-    and the mixed precision (``amp``), everything that changes what a run computes."""
-    check_amp(amp)
-    text = (
-        cfg.key_json()
-        + code_hash(cfg.method)
-        + ("nhwc" if channels_last else "nchw")
-        + ("" if amp is None else f"amp-{amp}")
-    )
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def cache_dir() -> Path:
-    """Where runs are cached: ``$KD_CACHE_DIR``, else ``~/.cache/kdutils``."""
-    env = os.environ.get("KD_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "kdutils"
-
-
-def run_dir(cfg: Config, channels_last: bool = True, amp: str | None = None) -> Path:
-    return cache_dir() / "runs" / f"{cfg.name}-{run_key(cfg, channels_last, amp)}"
 
 
 def seed_everything(seed: int) -> None:
@@ -594,6 +572,7 @@ def provenance(device: torch.device, method: str = "ce") -> dict:
     return {
         "git_commit": _git_commit(),
         "code_hash": code_hash(method),
+        "versions": {"core": CORE_VERSION, method: get_method(method).version},
         "kdutils": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -902,13 +881,17 @@ def run(
     check_amp(amp, device)
     key = run_key(cfg, channels_last, amp)
     folder = run_dir(cfg, channels_last, amp)
-    if use_cache and (res := _from_cache(cfg, folder)) is not None:
-        return res
+    if use_cache:
+        res, cfg = _from_cache(cfg, folder)
+        if res is not None:
+            return res
     check_cache_writable()
     with _run_lock(folder, cfg.name):
         # Another process may have finished the run while this one waited.
-        if use_cache and (res := _from_cache(cfg, folder)) is not None:
-            return res
+        if use_cache:
+            res, cfg = _from_cache(cfg, folder)
+            if res is not None:
+                return res
         created = not folder.exists()
         try:
             return _train_run(
@@ -930,28 +913,41 @@ def run(
             raise
 
 
-def _from_cache(cfg: Config, folder: Path) -> Result | None:
-    """The finished run in ``folder``, checked; None if there is none.
+def _from_cache(cfg: Config, folder: Path) -> tuple[Result | None, Config]:
+    """The finished run in ``folder``, checked, or None and the config to train.
 
     A record that cannot be read, or a file that differs from its recorded
     checksum, makes the run "not cached": one line says so, and the whole
-    folder is moved to ``<cache>/set-aside/`` (kept, not deleted).
+    folder is moved to ``<cache>/set-aside/`` (kept, not deleted). A cached
+    run serves ``cfg`` only if it holds every measurement ``cfg`` asks for
+    (``eval_every`` and ``save_epochs`` are not in the key); otherwise the
+    config to train measures both what was and what is asked.
     """
     result_path = folder / "result.json"
     if not result_path.exists():
-        return None
+        return None, cfg
     try:
         res = Result.load(result_path)
         res.verify_files()
     except CorruptArtifact as e:
         moved = set_aside(folder, cache_dir() / "set-aside")
         print(f"[corrupt] {e}; moved the run's folder to {moved}; training it again")
-        return None
+        return None, cfg
+    kept = {int(m[1]) for f in folder.iterdir() if (m := _KEPT.fullmatch(f.name))}
+    if not covers(res.history, kept, cfg):
+        print(
+            f"[cache] {cfg.name}: the cached run did not evaluate or keep every "
+            "epoch asked for; training it again to measure both"
+        )
+        return None, measure_both(cfg, res.cfg)
     res.from_cache = True
     print(
         f"[cache] {cfg.name}: test acc {100 * res.test_acc:.2f}% (loaded, not trained)"
     )
-    return res
+    return res, cfg
+
+
+_KEPT = re.compile(r"model-e(\d+)\.pt")
 
 
 def _usable_checkpoint(ckpt: Path, key: str, name: str) -> bool:

@@ -17,10 +17,12 @@ from training_stops import interrupt as _interrupt
 
 import kdutils as kd
 from kdutils import data as kdata
+from kdutils import runs as kruns
 from kdutils import train as ktrain
 from kdutils.config import Config, teacher_config
 from kdutils.distillers import Distiller
 from kdutils.results import Result, atomic_write_bytes
+from kdutils.runs import CORE_VERSION, MEASURED_ONLY
 
 
 def _weights(res: Result) -> dict[str, torch.Tensor]:
@@ -151,7 +153,7 @@ _CHANGES = {
 }
 
 
-def test_every_config_field_changes_the_key(digits_config):
+def test_every_config_field_but_the_measured_ones_changes_the_key(digits_config):
     cfg = digits_config(method="kd")
     fields = {f.name for f in dataclasses.fields(Config)}
     assert set(_CHANGES) == fields, "give every Config field a value to test here"
@@ -159,23 +161,67 @@ def test_every_config_field_changes_the_key(digits_config):
     for name, changes in _CHANGES.items():
         changed = cfg.replace(**changes)
         assert getattr(changed, name) != getattr(cfg, name), name
-        keys.add(ktrain.run_key(changed))
-    assert len(keys) == len(_CHANGES) + 1
+        if name in MEASURED_ONLY:
+            assert ktrain.run_key(changed) == ktrain.run_key(cfg), name
+        else:
+            keys.add(ktrain.run_key(changed))
+    assert len(keys) == len(_CHANGES) - len(MEASURED_ONLY) + 1
 
 
-def test_a_code_change_changes_the_key_and_is_never_served_from_cache(
+def test_a_version_bump_changes_the_key_and_is_never_served_from_cache(
     digits_config, capsys, monkeypatch
 ):
     cfg = digits_config(method="ce")
     first = kd.run(cfg, progress=False)
-    monkeypatch.setattr(ktrain, "code_hash", lambda method="ce": "0123456789abcdef")
-    assert ktrain.run_key(cfg) != first.key
-    capsys.readouterr()
-    second = kd.run(cfg, progress=False)
-    out = capsys.readouterr().out
-    assert "[train]" in out and "[cache]" not in out
-    assert Path(second.path) != Path(first.path)
-    assert second.provenance["code_hash"] == "0123456789abcdef"
+    assert first.provenance["versions"] == {"core": CORE_VERSION, "ce": 1}
+    for bump in (
+        lambda m: m.setattr(kruns, "CORE_VERSION", CORE_VERSION + 1),
+        lambda m: m.setattr(kd.METHODS["ce"], "version", 2),
+    ):
+        with monkeypatch.context() as m:
+            bump(m)
+            assert ktrain.run_key(cfg) != first.key
+            capsys.readouterr()
+            second = kd.run(cfg, progress=False)
+            out = capsys.readouterr().out
+            assert "[train]" in out and "[cache]" not in out
+            assert Path(second.path) != Path(first.path)
+    assert ktrain.run_key(cfg) == first.key
+
+
+def test_editing_a_source_file_changes_no_key(digits_config, monkeypatch):
+    """A refactor, a log line, a new method in a family's module: no key moves."""
+    cfgs = [digits_config(method=m) for m in ("kd", "fitnet", "rkd", "dml", "ce")]
+    before = [ktrain.run_key(c) for c in cfgs]
+
+    class Newcomer(kd.Distiller):
+        """A method added to the logit family's module."""
+
+        def forward(self, x, y, idx=None, teacher_out=None):
+            raise NotImplementedError
+
+    Newcomer.__module__ = kd.METHODS["kd"].__module__
+    monkeypatch.setitem(kd.METHODS, "newcomer", Newcomer)
+    monkeypatch.setattr(ktrain, "code_hash", lambda method="ce": "0" * 16)
+    assert [ktrain.run_key(c) for c in cfgs] == before
+
+
+def test_a_users_own_method_is_keyed_by_its_source(digits_config, monkeypatch):
+    from kdutils.distillers.traditional import KD
+
+    class Mine(KD):
+        """A user's method, defined outside kdutils."""
+
+    class MineEdited(KD):
+        """The same user's method, after an edit."""
+
+        scale = 2
+
+    monkeypatch.setitem(kd.METHODS, "mine", Mine)
+    key = ktrain.run_key(digits_config(method="mine"))
+    assert ktrain.run_key(digits_config(method="mine")) == key
+    monkeypatch.setitem(kd.METHODS, "mine", MineEdited)
+    assert ktrain.run_key(digits_config(method="mine")) != key
 
 
 def test_code_hash_follows_the_training_sources(tmp_path, monkeypatch):
@@ -528,3 +574,27 @@ def test_several_teacher_runs_arrive_as_a_module_list(digits_config, monkeypatch
     ids = tuple(ktrain.run_id(t) for t in teachers)
     res = kd.run(digits_config(method="many", teacher_runs=ids), progress=False)
     assert [t["name"] for t in res.teacher] == [t.name for t in teachers]
+
+
+# What is measured is not in the key
+
+
+def test_a_run_serves_every_request_whose_measurements_it_holds(digits_config, capsys):
+    sparse = digits_config(method="ce", epochs=4, eval_every=2)
+    first = kd.run(sparse, progress=False)
+    assert [h["test_acc"] is not None for h in first.history] == [False, True] * 2
+    trained = _weights(first)  # read now: the same folder is written again below
+    dense = sparse.replace(eval_every=1, save_epochs=(1,))
+    assert ktrain.run_dir(dense) == ktrain.run_dir(sparse)
+    capsys.readouterr()
+    both = kd.run(dense, progress=False)
+    out = capsys.readouterr().out
+    assert "training it again to measure both" in out and "[done]" in out
+    assert all(h["test_acc"] is not None for h in both.history)
+    assert (Path(both.path) / "model-e1.pt").exists()
+    # Evaluating more changes nothing that is trained.
+    again = _weights(both)
+    assert all(torch.equal(trained[k], again[k]) for k in trained)
+    # Now every request of the two is served from the cache.
+    for cfg in (sparse, dense, sparse.replace(eval_every=4)):
+        assert kd.run(cfg, progress=False).from_cache

@@ -133,6 +133,10 @@ class Distiller(nn.Module):
     """
 
     method_name: str = ""
+    # The version of what this method computes: part of every run's key (see
+    # ``kdutils.runs``). Bump it when the method's arithmetic changes (its
+    # loss, its modules, its schedule), and rewrite its golden fingerprint.
+    version: int = 1
     survey_section: str = ""
     status: str = "survey"
     status_note: str = ""
