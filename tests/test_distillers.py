@@ -257,3 +257,18 @@ def test_precomputed_teacher_outputs_give_the_same_terms(name):
     assert live.keys() == cached.keys()
     for k in live:
         torch.testing.assert_close(live[k], cached[k], rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", METHOD_NAMES)
+def test_hparams_are_the_constructor_arguments_read_back(name):
+    """``hparams()`` comes from the constructor's signature (the base class's):
+    every argument is kept under its own name, with the value it was given
+    (a default of None may be resolved, e.g. advfeat's layer to the last)."""
+    from kdutils.config import method_defaults
+
+    distiller, _, _ = _build(name)
+    defaults, got = method_defaults(name), distiller.hparams()
+    assert list(got) == list(defaults)
+    assert {k: v for k, v in got.items() if defaults[k] is not None} == {
+        k: v for k, v in defaults.items() if v is not None
+    }

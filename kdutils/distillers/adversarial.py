@@ -279,17 +279,6 @@ class AdvLogit(_AdversarialDistiller):
         )
         self._reset_monitor()
 
-    def hparams(self) -> dict:
-        return dict(
-            ce_weight=self.ce_weight,
-            adv_weight=self.adv_weight,
-            l1_weight=self.l1_weight,
-            disc_hidden=self.disc_hidden,
-            disc_lr=self.disc_lr,
-            disc_beta1=self.disc_beta1,
-            disc_beta2=self.disc_beta2,
-        )
-
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s = self.student(x)
         t = teacher_out if teacher_out is not None else self.teacher_outputs(x)
@@ -388,18 +377,6 @@ class AdvFeat(_AdversarialDistiller):
         self.connector: nn.Module = nn.Identity()
         self.adversary: Adversary | None = None
         self._reset_monitor()
-
-    def hparams(self) -> dict:
-        return dict(
-            layer=self.layer,
-            ce_weight=self.ce_weight,
-            adv_weight=self.adv_weight,
-            l1_weight=self.l1_weight,
-            disc_hidden=self.disc_hidden,
-            disc_lr=self.disc_lr,
-            disc_beta1=self.disc_beta1,
-            disc_beta2=self.disc_beta2,
-        )
 
     def setup(self, data) -> None:
         """Size the connector and the discriminator from one training image."""

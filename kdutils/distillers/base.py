@@ -20,11 +20,13 @@ Life cycle, as the trainer drives it (every hook but ``forward`` is optional):
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from ..checks import check_weights  # noqa: F401 - kdutils.distillers exports it
 from ..models import capture
 
 __all__ = [
@@ -94,13 +96,6 @@ def get_method(name: str) -> type[Distiller]:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}")
     return METHODS[name]
-
-
-def check_weights(**weights: float) -> None:
-    """Raise ``ValueError`` for any negative loss weight."""
-    for k, v in weights.items():
-        if v < 0:
-            raise ValueError(f"{k} must be >= 0, got {v}")
 
 
 @torch.no_grad()
@@ -222,4 +217,12 @@ class Distiller(nn.Module):
         return ", ".join(f"{k}={v}" for k, v in self.hparams().items())
 
     def hparams(self) -> dict:
-        return {}
+        """The method's hyperparameters and their values: every argument of
+        the constructor (its signature is the one list of them), read back
+        from the attribute of the same name."""
+        names = inspect.signature(type(self).__init__).parameters
+        return {
+            k: getattr(self, k)
+            for k in names
+            if k not in ("self", "student", "teacher")
+        }

@@ -107,9 +107,6 @@ class AT(Distiller):
         self.student_layers = tuple(student.stage_layers())
         self.teacher_layers = tuple(teacher.stage_layers())
 
-    def hparams(self) -> dict:
-        return dict(p=self.p, ce_weight=self.ce_weight, at_weight=self.at_weight)
-
     def setup(self, data) -> None:
         shapes = _paired_shapes(self, data, self.student_layers, self.teacher_layers)
         _check_poolable(
@@ -161,14 +158,6 @@ class FSP(Distiller):
         self.fsp_layers_t = ("stem", *teacher.stage_layers())
         # The teacher's maps are read in stage 2 only if the FSP term stays on.
         self.teacher_layers = self.fsp_layers_t if fsp_weight > 0 else ()
-
-    def hparams(self) -> dict:
-        return dict(
-            ce_weight=self.ce_weight,
-            fsp_weight=self.fsp_weight,
-            init_epochs=self.init_epochs,
-            init_lr=self.init_lr,
-        )
 
     def setup(self, data) -> None:
         shapes_s, shapes_t = _paired_shapes(
@@ -259,9 +248,6 @@ class NST(Distiller):
         self.student_layers = tuple(student.stage_layers())
         self.teacher_layers = tuple(teacher.stage_layers())
 
-    def hparams(self) -> dict:
-        return dict(ce_weight=self.ce_weight, nst_weight=self.nst_weight)
-
     def setup(self, data) -> None:
         shapes = _paired_shapes(self, data, self.student_layers, self.teacher_layers)
         _check_poolable(
@@ -307,11 +293,6 @@ class AFD(Distiller):
         self.student_layers = tuple(student.stage_layers())
         self.teacher_layers = tuple(teacher.stage_layers())
         self.attention = nn.ModuleList()  # one per stage, sized in setup
-
-    def hparams(self) -> dict:
-        return dict(
-            ce_weight=self.ce_weight, afd_weight=self.afd_weight, att_f=self.att_f
-        )
 
     def setup(self, data) -> None:
         shapes_s, shapes_t = _paired_shapes(
@@ -397,15 +378,6 @@ class AFM(Distiller):
         self.afm_weight, self.qk_dim = afm_weight, int(qk_dim)
         self.student_layers = tuple(_blocks(student))
         self.teacher_layers = tuple(_blocks(teacher))
-
-    def hparams(self) -> dict:
-        return dict(
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-            T=self.T,
-            afm_weight=self.afm_weight,
-            qk_dim=self.qk_dim,
-        )
 
     @torch.no_grad()
     def teacher_outputs(self, x: Tensor) -> dict[str, Tensor]:
@@ -558,14 +530,6 @@ class ReviewKD(Distiller):
         self.teacher_layers = (*teacher.stage_layers(pre_relu=True), "pool")
         self.abfs = nn.ModuleList()  # shallow to deep, sized in setup
         self.warmup = 1.0  # set by on_epoch during training
-
-    def hparams(self) -> dict:
-        return dict(
-            ce_weight=self.ce_weight,
-            reviewkd_weight=self.reviewkd_weight,
-            warmup_epochs=self.warmup_epochs,
-            max_mid_channels=self.max_mid_channels,
-        )
 
     def setup(self, data) -> None:
         shapes_s, shapes_t = _paired_shapes(

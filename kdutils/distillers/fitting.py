@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_T
 from ..data import normalize
 from ..losses import ab_loss, ft_loss, hint_loss, kd_loss, vid_loss
 from ..models import capture
@@ -205,11 +206,6 @@ def _ce_kd_terms(
     return terms
 
 
-def _check_T(T: float) -> None:
-    if T <= 0:
-        raise ValueError(f"temperature T must be > 0, got {T}")
-
-
 def _check_init(init_epochs: int, init_lr: float) -> None:
     if init_epochs < 0:
         raise ValueError(f"init_epochs must be >= 0, got {init_epochs}")
@@ -248,7 +244,7 @@ class FitNet(Distiller):
         init_lr: float = 0.05,
     ) -> None:
         check_weights(hint_weight=hint_weight, ce_weight=ce_weight, kd_weight=kd_weight)
-        _check_T(T)
+        check_T(T)
         _check_init(init_epochs, init_lr)
         super().__init__(student, teacher)
         self.hint_layer = hint_layer
@@ -260,17 +256,6 @@ class FitNet(Distiller):
         self.T, self.init_epochs, self.init_lr = T, init_epochs, init_lr
         self.teacher_layers = (hint_layer,) if hint_weight > 0 else ()
         self.regressor: nn.Module | None = None
-
-    def hparams(self) -> dict:
-        return dict(
-            hint_layer=self.hint_layer,
-            hint_weight=self.hint_weight,
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-            T=self.T,
-            init_epochs=self.init_epochs,
-            init_lr=self.init_lr,
-        )
 
     def setup(self, data) -> None:
         (s,) = _shapes(self.student, [self.hint_layer], data)
@@ -391,13 +376,6 @@ class SSKD(Distiller):
         )
         # None: outside a schedule; k < S: stage phase k (prepare); S: classifier.
         self.phase: int | None = None
-
-    def hparams(self) -> dict:
-        return dict(
-            stage_epochs=self.stage_epochs,
-            init_lr=self.init_lr,
-            hint_weight=self.hint_weight,
-        )
 
     @property
     def num_phases(self) -> int:
@@ -549,7 +527,7 @@ class AB(Distiller):
         init_lr: float = 0.05,
     ) -> None:
         check_weights(ab_weight=ab_weight, ce_weight=ce_weight, kd_weight=kd_weight)
-        _check_T(T)
+        check_T(T)
         _check_init(init_epochs, init_lr)
         if margin < 0:
             raise ValueError(f"margin must be >= 0, got {margin}")
@@ -560,17 +538,6 @@ class AB(Distiller):
         self.student_points = list(student.stage_layers(pre_relu=True))
         self.teacher_points = list(teacher.stage_layers(pre_relu=True))
         self.connectors = nn.ModuleList()
-
-    def hparams(self) -> dict:
-        return dict(
-            margin=self.margin,
-            ab_weight=self.ab_weight,
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-            T=self.T,
-            init_epochs=self.init_epochs,
-            init_lr=self.init_lr,
-        )
 
     def setup(self, data) -> None:
         s = _shapes(self.student, self.student_points, data)
@@ -716,16 +683,6 @@ class FT(Distiller):
         self.paraphraser: Paraphraser | None = None
         self.translator: Translator | None = None
 
-    def hparams(self) -> dict:
-        return dict(
-            layer=self.layer,
-            rate=self.rate,
-            ft_weight=self.ft_weight,
-            ce_weight=self.ce_weight,
-            init_epochs=self.init_epochs,
-            init_lr=self.init_lr,
-        )
-
     def setup(self, data) -> None:
         (s,) = _shapes(self.student, [self.layer], data)
         (t,) = _shapes(self.teacher, [self.layer], data)
@@ -849,11 +806,6 @@ class VID(Distiller):
         self.student_layers = list(student.stage_layers())
         self.teacher_layers = tuple(teacher.stage_layers())
         self.regressors = nn.ModuleList()
-
-    def hparams(self) -> dict:
-        return dict(
-            vid_weight=self.vid_weight, ce_weight=self.ce_weight, init_var=self.init_var
-        )
 
     def setup(self, data) -> None:
         s = _shapes(self.student, self.student_layers, data)

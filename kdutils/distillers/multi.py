@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_T
 from ..losses import (
     hint_loss,
     kl_to_targets,
@@ -31,7 +32,6 @@ from ..losses import (
 )
 from ..models import capture
 from .base import Distiller, check_weights, register
-from .online import _check_T
 from .selfkd import stage_channels
 
 __all__ = ["AvgKD", "AMTMLKD"]
@@ -107,13 +107,10 @@ class AvgKD(_MultiTeacher):
         ce_weight: float = 0.1,
         kd_weight: float = 0.9,
     ) -> None:
-        _check_T(T)
+        check_T(T)
         check_weights(ce_weight=ce_weight, kd_weight=kd_weight)
         super().__init__(student, teacher)
         self.T, self.ce_weight, self.kd_weight = T, ce_weight, kd_weight
-
-    def hparams(self) -> dict:
-        return dict(T=self.T, ce_weight=self.ce_weight, kd_weight=self.kd_weight)
 
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s = self.student(x)
@@ -177,7 +174,7 @@ class AMTMLKD(_MultiTeacher):
         reg_weight: float = 0.1,
         adapter_fraction: float = 80 / 280,
     ) -> None:
-        _check_T(T)
+        check_T(T)
         check_weights(
             ce_weight=ce_weight,
             kd_weight=kd_weight,
@@ -205,17 +202,6 @@ class AMTMLKD(_MultiTeacher):
         for c in self.connectors:
             nn.init.uniform_(c.weight, -0.005, 0.005)
         self.adapter_phase = True
-
-    def hparams(self) -> dict:
-        return dict(
-            T=self.T,
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-            rkd_weight=self.rkd_weight,
-            hint_weight=self.hint_weight,
-            reg_weight=self.reg_weight,
-            adapter_fraction=self.adapter_fraction,
-        )
 
     def on_epoch(self, epoch: int, epochs: int) -> None:
         self.adapter_phase = epoch < round(self.adapter_fraction * epochs)

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_int, check_T
 from ..losses import (
     dml_kl_losses,
     gated_ensemble,
@@ -80,16 +81,6 @@ def fresh_copy(module: nn.Module) -> nn.Module:
                 ):
                     m.reset_parameters()
     return clone.to(device)
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _check_T(T: float) -> None:
-    if T <= 0:
-        raise ValueError(f"temperature T must be > 0, got {T}")
 
 
 def _check_rampup(rampup: float) -> None:
@@ -239,21 +230,13 @@ class DML(Distiller):
         ce_weight: float = 1.0,
         kl_weight: float = 1.0,
     ) -> None:
-        _check_int("num_peers", num_peers, 2)
-        _check_T(T)
+        check_int("num_peers", num_peers, 2)
+        check_T(T)
         check_weights(ce_weight=ce_weight, kl_weight=kl_weight)
         super().__init__(student, None)
         self.num_peers, self.T = num_peers, T
         self.ce_weight, self.kl_weight = ce_weight, kl_weight
         self.peers = nn.ModuleList(fresh_copy(student) for _ in range(num_peers - 1))
-
-    def hparams(self) -> dict:
-        return dict(
-            num_peers=self.num_peers,
-            T=self.T,
-            ce_weight=self.ce_weight,
-            kl_weight=self.kl_weight,
-        )
 
     def members(self) -> list[nn.Module]:
         """Every peer as a plain classifier, the student first."""
@@ -308,8 +291,8 @@ class ONE(_Branched):
         kl_weight: float = 1.0,
         rampup: float = _RAMPUP,
     ) -> None:
-        _check_int("num_branches", num_branches, 2)
-        _check_T(T)
+        check_int("num_branches", num_branches, 2)
+        check_T(T)
         _check_rampup(rampup)
         check_weights(
             ce_weight=ce_weight, ensemble_weight=ensemble_weight, kl_weight=kl_weight
@@ -322,16 +305,6 @@ class ONE(_Branched):
         self._add_branches(num_branches - 1)
         self.gate = nn.Sequential(
             nn.Linear(channels, num_branches), nn.BatchNorm1d(num_branches), nn.ReLU()
-        )
-
-    def hparams(self) -> dict:
-        return dict(
-            num_branches=self.num_branches,
-            T=self.T,
-            ce_weight=self.ce_weight,
-            ensemble_weight=self.ensemble_weight,
-            kl_weight=self.kl_weight,
-            rampup=self.rampup,
         )
 
     def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -411,9 +384,9 @@ class OKDDip(_Branched):
         rampup: float = _RAMPUP,
         proj_factor: int = 8,
     ) -> None:
-        _check_int("num_peers", num_peers, 2)
-        _check_int("proj_factor", proj_factor, 1)
-        _check_T(T)
+        check_int("num_peers", num_peers, 2)
+        check_int("proj_factor", proj_factor, 1)
+        check_T(T)
         _check_rampup(rampup)
         check_weights(ce_weight=ce_weight, kl_weight=kl_weight)
         _check_branchable(student, "OKDDip")
@@ -431,16 +404,6 @@ class OKDDip(_Branched):
         self.query = nn.Linear(width, width // proj_factor, bias=False)
         self.key = nn.Linear(width, width // proj_factor, bias=False)
         self.last_attention: Tensor | None = None
-
-    def hparams(self) -> dict:
-        return dict(
-            num_peers=self.num_peers,
-            T=self.T,
-            ce_weight=self.ce_weight,
-            kl_weight=self.kl_weight,
-            rampup=self.rampup,
-            proj_factor=self.proj_factor,
-        )
 
     def group(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Leader logits ``(B, K)``, peer logits ``(B, m, K)``, the peers'
@@ -528,8 +491,8 @@ class FFL(_Branched):
         kl_weight: float = 1.0,
         rampup: float = _RAMPUP,
     ) -> None:
-        _check_int("num_branches", num_branches, 2)
-        _check_T(T)
+        check_int("num_branches", num_branches, 2)
+        check_T(T)
         _check_rampup(rampup)
         check_weights(
             ce_weight=ce_weight, fusion_weight=fusion_weight, kl_weight=kl_weight
@@ -542,16 +505,6 @@ class FFL(_Branched):
         self._add_branches(num_branches - 1)
         fc = student.fc
         self.fusion = FusionModule(fc.in_features, num_branches, fc.out_features)
-
-    def hparams(self) -> dict:
-        return dict(
-            num_branches=self.num_branches,
-            T=self.T,
-            ce_weight=self.ce_weight,
-            fusion_weight=self.fusion_weight,
-            kl_weight=self.kl_weight,
-            rampup=self.rampup,
-        )
 
     def branches(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """All branches' logits ``(B, m, K)`` and the fused classifier's ``(B, K)``."""

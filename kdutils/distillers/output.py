@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_T
 from ..losses import (
     conditional_ts_loss,
     dtd_loss,
@@ -29,11 +30,6 @@ from .base import Distiller, check_weights, register
 
 def _teacher_logits(d: Distiller, x: Tensor, teacher_out) -> Tensor:
     return (teacher_out if teacher_out is not None else d.teacher_outputs(x))["logits"]
-
-
-def _check_T(T: float) -> None:
-    if T <= 0:
-        raise ValueError(f"temperature T must be > 0, got {T}")
 
 
 @register("cts", section="2.1")
@@ -76,7 +72,7 @@ class DTD(Distiller):
         kd_weight: float = 0.9,
         probability_shift: bool = False,
     ) -> None:
-        _check_T(T)
+        check_T(T)
         check_weights(ce_weight=ce_weight, kd_weight=kd_weight, beta=beta, gamma=gamma)
         # w <= 2^gamma, so every temperature stays above T - beta * 2^gamma.
         if T <= beta * 2**gamma:
@@ -88,16 +84,6 @@ class DTD(Distiller):
         self.T, self.beta, self.gamma = T, beta, gamma
         self.ce_weight, self.kd_weight = ce_weight, kd_weight
         self.probability_shift = probability_shift
-
-    def hparams(self) -> dict:
-        return dict(
-            T=self.T,
-            beta=self.beta,
-            gamma=self.gamma,
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-            probability_shift=self.probability_shift,
-        )
 
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s = self.student(x)
@@ -152,9 +138,6 @@ class PAD(Distiller):
         # (B, D) student embedding -> (B, D) log-variance.
         self.log_var_head = nn.Sequential(nn.Linear(d_s, d_s), nn.BatchNorm1d(d_s))
 
-    def hparams(self) -> dict:
-        return dict(ce_weight=self.ce_weight, pad_weight=self.pad_weight, eps=self.eps)
-
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         with capture(self.student, ["pool"]) as feats:
             logits_s = self.student(x)
@@ -204,7 +187,7 @@ class TripletKD(Distiller):
         kd_weight: float = 1.0,
         triplet_weight: float = 2.0,
     ) -> None:
-        _check_T(T)
+        check_T(T)
         check_weights(
             margin=margin,
             ce_weight=ce_weight,
@@ -215,15 +198,6 @@ class TripletKD(Distiller):
         self.T, self.margin = T, margin
         self.ce_weight, self.kd_weight = ce_weight, kd_weight
         self.triplet_weight = triplet_weight
-
-    def hparams(self) -> dict:
-        return dict(
-            T=self.T,
-            margin=self.margin,
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-            triplet_weight=self.triplet_weight,
-        )
 
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s = self.student(x)
@@ -279,7 +253,7 @@ class UNIX(Distiller):
             raise ValueError(f"k_ratio must be in (0, 1], got {k_ratio}")
         if not 0 <= b_ratio <= 1:
             raise ValueError(f"b_ratio must be in [0, 1], got {b_ratio}")
-        _check_T(T)
+        check_T(T)
         check_weights(w=w, ce_weight=ce_weight, kd_weight=kd_weight)
         super().__init__(student, teacher)
         self.k_ratio, self.b_ratio, self.w, self.T = k_ratio, b_ratio, w, T
@@ -288,16 +262,6 @@ class UNIX(Distiller):
         # not state that training depends on).
         self.teacher_images: list[int] = [0]
         self.batch_images: list[int] = [0]
-
-    def hparams(self) -> dict:
-        return dict(
-            k_ratio=self.k_ratio,
-            b_ratio=self.b_ratio,
-            w=self.w,
-            T=self.T,
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-        )
 
     def on_epoch(self, epoch: int, epochs: int) -> None:
         if self.batch_images[-1]:

@@ -21,16 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_int
 from ..losses import kd_loss, snapshot_kd_loss
 from ..models import capture
 from .base import Distiller, check_weights, register
 
 __all__ = ["Snapshot", "RCO", "cycle_starts"]
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 def cycle_starts(epochs: int, cycles: int) -> list[int]:
@@ -39,8 +35,8 @@ def cycle_starts(epochs: int, cycles: int) -> list[int]:
     ``[round(k * epochs / cycles) for k in range(cycles)]``; raises
     ``ValueError`` when a cycle would have no epoch (``cycles > epochs``).
     """
-    _check_int("cycles", cycles, 1)
-    _check_int("epochs", epochs, 1)
+    check_int("cycles", cycles, 1)
+    check_int("epochs", epochs, 1)
     if cycles > epochs:
         raise ValueError(
             f"{cycles} cycles do not fit in {epochs} epochs: each cycle needs at "
@@ -98,7 +94,7 @@ class Snapshot(Distiller):
         kd_weight: float = 1.0,
         cyclic_lr: bool = True,
     ) -> None:
-        _check_int("cycles", cycles, 2)
+        check_int("cycles", cycles, 2)
         if not isinstance(cyclic_lr, bool):
             raise ValueError(f"cyclic_lr must be True or False, got {cyclic_lr!r}")
         if T <= 0:
@@ -119,15 +115,6 @@ class Snapshot(Distiller):
     def label_weight(self) -> float:
         """The label term's weight once a snapshot teaches (1 + 1/T by default)."""
         return 1.0 + 1.0 / self.T if self.ce_weight is None else self.ce_weight
-
-    def hparams(self) -> dict:
-        return dict(
-            cycles=self.cycles,
-            T=self.T,
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-            cyclic_lr=self.cyclic_lr,
-        )
 
     def lr_factor(self, epoch: int, epochs: int) -> float:
         """The cycle's own cosine, ``(1 + cos(pi * t / n)) / 2`` (1 without ``cyclic_lr``)."""
@@ -212,9 +199,6 @@ class RCO(Distiller):
         super().__init__(student, teacher)
         self.T, self.ce_weight, self.kd_weight = T, ce_weight, kd_weight
         self.anchor = 0
-
-    def hparams(self) -> dict:
-        return dict(T=self.T, ce_weight=self.ce_weight, kd_weight=self.kd_weight)
 
     def on_epoch(self, epoch: int, epochs: int) -> None:
         starts = cycle_starts(epochs, len(self.teacher))

@@ -123,14 +123,6 @@ class RKD(_Relational):
         self.rkd_weight = rkd_weight
         self.teacher_layers = ("pool",)
 
-    def hparams(self) -> dict:
-        return dict(
-            distance_weight=self.distance_weight,
-            angle_weight=self.angle_weight,
-            rkd_weight=self.rkd_weight,
-            **self._base_hparams(),
-        )
-
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s, fs, t = self._features(x, teacher_out)
         w = self.rkd_weight
@@ -167,9 +159,6 @@ class SP(_Relational):
         self.sp_weight = sp_weight
         self.teacher_layers = ("layer3",)
 
-    def hparams(self) -> dict:
-        return dict(sp_weight=self.sp_weight, **self._base_hparams())
-
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s, fs, t = self._features(x, teacher_out)
         return logits_s, {
@@ -200,9 +189,6 @@ class PKT(_Relational):
         self._init_base(ce_weight, kd_weight, T)
         self.pkt_weight = pkt_weight
         self.teacher_layers = ("pool",)
-
-    def hparams(self) -> dict:
-        return dict(pkt_weight=self.pkt_weight, **self._base_hparams())
 
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s, fs, t = self._features(x, teacher_out)
@@ -240,11 +226,6 @@ class CC(_Relational):
         self.teacher_layers = ("pool",)
         self.embed_s: nn.Module | None = None
         self.embed_t: nn.Module | None = None
-
-    def hparams(self) -> dict:
-        return dict(
-            feat_dim=self.feat_dim, cc_weight=self.cc_weight, **self._base_hparams()
-        )
 
     def setup(self, data) -> None:
         d_s, d_t = _pool_dims(self.student, self.teacher, data)
@@ -298,14 +279,6 @@ class IRG(_Relational):
         self.transform_weight = transform_weight
         self.teacher_layers = ("stem", "layer1", "layer2", "layer3", "pool")
 
-    def hparams(self) -> dict:
-        return dict(
-            vertex_weight=self.vertex_weight,
-            edge_weight=self.edge_weight,
-            transform_weight=self.transform_weight,
-            **self._base_hparams(),
-        )
-
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s, fs, t = self._features(x, teacher_out)
         maps = ("stem", "layer1", "layer2", "layer3")
@@ -347,13 +320,6 @@ class CSKD(_Relational):
         self._init_base(ce_weight, kd_weight, T)
         self.intra_weight, self.inter_weight = intra_weight, inter_weight
         self.teacher_layers = ("pool",)
-
-    def hparams(self) -> dict:
-        return dict(
-            intra_weight=self.intra_weight,
-            inter_weight=self.inter_weight,
-            **self._base_hparams(),
-        )
 
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s, fs, t = self._features(x, teacher_out)
@@ -415,16 +381,6 @@ class CRD(_Relational):
         # The run's seed (``run`` seeds torch before building a method): the
         # negative sampler's draws then depend only on (seed, step).
         self._seed = torch.initial_seed() % 2**62
-
-    def hparams(self) -> dict:
-        return dict(
-            feat_dim=self.feat_dim,
-            nce_k=self.nce_k,
-            nce_t=self.nce_t,
-            nce_m=self.nce_m,
-            crd_weight=self.crd_weight,
-            **self._base_hparams(),
-        )
 
     def setup(self, data) -> None:
         d_s, d_t = _pool_dims(self.student, self.teacher, data)

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_T
 from ..losses import bake_targets, byot_feature_loss, byot_kd_loss, kl_to_targets
 from ..models import capture
 from .base import Distiller, check_weights, register
-from .online import _check_T
 
 __all__ = ["BYOT", "BAKE", "stage_channels"]
 
@@ -144,7 +144,7 @@ class BYOT(Distiller):
         kd_weight: float = 0.1,
         hint_weight: float = 1e-6,
     ) -> None:
-        _check_T(T)
+        check_T(T)
         check_weights(ce_weight=ce_weight, kd_weight=kd_weight, hint_weight=hint_weight)
         channels = stage_channels(student, "BYOT")
         s2, s3 = _stage_strides(student)
@@ -162,14 +162,6 @@ class BYOT(Distiller):
         self.exits = nn.ModuleList(
             ExitBranch(c, last, k, classes)
             for c, k in zip(channels[:2], kernels, strict=True)
-        )
-
-    def hparams(self) -> dict:
-        return dict(
-            T=self.T,
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-            hint_weight=self.hint_weight,
         )
 
     def all_exits(self, x: Tensor) -> tuple[list[Tensor], list[Tensor]]:
@@ -247,7 +239,7 @@ class BAKE(Distiller):
         ce_weight: float = 1.0,
         kd_weight: float = 1.0,
     ) -> None:
-        _check_T(T)
+        check_T(T)
         if not 0 <= omega < 1:
             raise ValueError(f"omega must be in [0, 1), got {omega}")
         check_weights(ce_weight=ce_weight, kd_weight=kd_weight)
@@ -259,14 +251,6 @@ class BAKE(Distiller):
         super().__init__(student, None)
         self.omega, self.T = omega, T
         self.ce_weight, self.kd_weight = ce_weight, kd_weight
-
-    def hparams(self) -> dict:
-        return dict(
-            omega=self.omega,
-            T=self.T,
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-        )
 
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         with capture(self.student, ["pool"]) as feats:

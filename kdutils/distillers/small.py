@@ -16,13 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_T
 from ..losses import kd_loss
 from .base import Distiller, check_weights, register
-
-
-def _check_T(T: float) -> None:
-    if T <= 0:
-        raise ValueError(f"temperature T must be > 0, got {T}")
 
 
 @register("eskd", section="3.2")
@@ -52,7 +48,7 @@ class ESKD(Distiller):
         kd_weight: float = 0.9,
         stop: float = 0.5,
     ) -> None:
-        _check_T(T)
+        check_T(T)
         check_weights(ce_weight=ce_weight, kd_weight=kd_weight)
         if not 0.0 <= stop <= 1.0:
             raise ValueError(f"stop is a fraction of the epochs in [0, 1], got {stop}")
@@ -65,11 +61,6 @@ class ESKD(Distiller):
         )
         # Until the trainer calls ``on_epoch``, KD is on (or off for stop=0).
         self.kd_on = stop > 0
-
-    def hparams(self) -> dict:
-        return dict(
-            T=self.T, ce_weight=self.ce_weight, kd_weight=self.kd_weight, stop=self.stop
-        )
 
     @staticmethod
     def kd_epochs(stop: float, epochs: int) -> int:
@@ -123,7 +114,7 @@ class DGKD(Distiller):
         kd_weight: float = 0.9,
         drop_num: int = 1,
     ) -> None:
-        _check_T(T)
+        check_T(T)
         check_weights(ce_weight=ce_weight, kd_weight=kd_weight)
         if int(drop_num) != drop_num or drop_num < 0:
             raise ValueError(f"drop_num must be an integer >= 0, got {drop_num}")
@@ -136,14 +127,6 @@ class DGKD(Distiller):
     def guides(self) -> list[nn.Module]:
         t = self.teacher
         return list(t) if isinstance(t, nn.ModuleList) else [t]
-
-    def hparams(self) -> dict:
-        return dict(
-            T=self.T,
-            ce_weight=self.ce_weight,
-            kd_weight=self.kd_weight,
-            drop_num=self.drop_num,
-        )
 
     def draw_kept(self) -> list[int]:
         """The guides kept for one batch: all but ``min(drop_num, G - 1)`` of them."""

@@ -47,9 +47,6 @@ class KD(Distiller):
         super().__init__(student, teacher)
         self.T, self.ce_weight, self.kd_weight = T, ce_weight, kd_weight
 
-    def hparams(self) -> dict:
-        return dict(T=self.T, ce_weight=self.ce_weight, kd_weight=self.kd_weight)
-
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s = self.student(x)
         t = teacher_out if teacher_out is not None else self.teacher_outputs(x)

@@ -12,12 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..checks import check_T
+
 __all__ = ["kl_to_targets", "teacher_ensemble_targets", "teacher_attention_weights"]
-
-
-def _check_T(T: float) -> None:
-    if T <= 0:
-        raise ValueError(f"temperature T must be > 0, got {T}")
 
 
 def kl_to_targets(logits_s: Tensor, probs_t: Tensor, T: float = 4.0) -> Tensor:
@@ -32,7 +29,7 @@ def kl_to_targets(logits_s: Tensor, probs_t: Tensor, T: float = 4.0) -> Tensor:
     Reference: ``ge2021self``, ``you2017learning``; survey sections 2.3.2,
     2.3.3.
     """
-    _check_T(T)
+    check_T(T)
     if logits_s.dim() != 2 or logits_s.shape != probs_t.shape:
         raise ValueError(
             "kl_to_targets: expected student logits and target probabilities of "
@@ -54,7 +51,7 @@ def teacher_ensemble_targets(
 
     Reference: ``you2017learning``, ``liu2020adaptive``; survey section 2.3.3.
     """
-    _check_T(T)
+    check_T(T)
     if logits_t.dim() != 3:
         raise ValueError(
             "teacher_ensemble_targets: expected teacher logits (B, M, K), got "

@@ -1,0 +1,30 @@
+"""The value checks the methods and losses share (one place, one wording).
+
+Each raises ``ValueError`` naming the argument, its value and what is allowed,
+so that a bad hyperparameter fails when the method is built (on the meta
+device, see ``config._check_values``), before any training. Imports nothing
+from kdutils: the lowest layer, usable by losses and distillers alike.
+"""
+
+from __future__ import annotations
+
+__all__ = ["check_T", "check_int", "check_weights"]
+
+
+def check_T(T: float) -> None:
+    """A softmax temperature: > 0."""
+    if T <= 0:
+        raise ValueError(f"temperature T must be > 0, got {T}")
+
+
+def check_int(name: str, value, minimum: int) -> None:
+    """An integer (not a bool) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_weights(**weights: float) -> None:
+    """Loss weights: each >= 0."""
+    for k, v in weights.items():
+        if v < 0:
+            raise ValueError(f"{k} must be >= 0, got {v}")
