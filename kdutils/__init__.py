@@ -24,7 +24,18 @@ from .config import PROFILES, Config, make_config, teacher_config  # noqa: E402
 from .distillers import METHODS, Distiller, build, get_method, register  # noqa: E402
 from .models import capture, create_model, num_params  # noqa: E402
 from .results import Result, load_results, summarize, survey_table1  # noqa: E402
-from .train import evaluate, fit, predict_logits, run  # noqa: E402
+from .train import (  # noqa: E402
+    build_model,
+    evaluate,
+    fit,
+    load_distiller,
+    load_run,
+    load_split,
+    predict_logits,
+    run,
+    run_id,
+    seed_everything,
+)
 
 __all__ = [
     "PROFILES",
@@ -47,6 +58,12 @@ __all__ = [
     "fit",
     "predict_logits",
     "run",
+    "build_model",
+    "load_distiller",
+    "load_run",
+    "load_split",
+    "run_id",
+    "seed_everything",
     "cost",
     "data",
     "distillers",

@@ -34,6 +34,7 @@ __all__ = [
     "TensorData",
     "Loader",
     "load",
+    "normalize",
     "check_dataset_name",
 ]
 

@@ -20,17 +20,24 @@ from .base import (
     Distiller,
     check_weights,
     describe_status,
+    feature_shapes,
     get_method,
     register,
 )
+from .online import METRIC_IMAGES, member_metrics
+from .progressive import cycle_starts
 
 __all__ = [
     "METHODS",
     "STATUSES",
     "Distiller",
     "check_weights",
+    "cycle_starts",
     "describe_status",
+    "feature_shapes",
     "get_method",
+    "member_metrics",
+    "METRIC_IMAGES",
     "register",
     "build",
 ]
