@@ -365,7 +365,7 @@ def fit(
     """Train ``distiller`` for ``cfg.epochs``; return the per-epoch history.
 
     Writes ``checkpoint`` after every epoch and, if it exists, resumes from it;
-    a fresh run first calls ``distiller.prepare(train_loader)``.
+    a fresh run first calls ``distiller.prepare(train_loader, cfg)``.
     ``teacher_out`` maps ``"logits"`` and each of ``distiller.teacher_layers``
     to the frozen teacher's outputs on the whole training set ``(N, ...)``, in
     dataset order; each batch's slice replaces the teacher's forward pass.
@@ -393,7 +393,7 @@ def fit(
     start = 0
     resuming = checkpoint is not None and checkpoint.exists()
     if not resuming:
-        distiller.prepare(train_loader)
+        distiller.prepare(train_loader, cfg)
     opt, sched = _make_optimizer(distiller, cfg)
     if resuming:
         state = load_checkpoint(checkpoint, key)

@@ -779,3 +779,50 @@ def test_cka_by_layer_and_feature_grid_draw_what_they_are_given():
     maps = {"teacher": torch.rand(2, 7, 7), "student": np.random.rand(2, 7, 7)}
     fig = kd.plots.feature_grid(torch.zeros(2, 1, 28, 28), maps, labels=["a", "b"])
     assert len(fig.axes) == 6
+
+
+@pytest.mark.parametrize(
+    "method, args",
+    [
+        ("fitnet", {"init_epochs": 1}),
+        ("ab", {"init_epochs": 1}),
+        ("ft", {"init_epochs": 1}),
+        ("fsp", {"init_epochs": 1}),
+        ("sskd", {"stage_epochs": 1}),
+    ],
+)
+def test_every_pre_training_stage_uses_the_runs_optimiser_settings(
+    method, args, monkeypatch
+):
+    """One pre-training helper (``distillers.base.pretrain``) for all five
+    methods, with the run's momentum and weight decay, not hard-coded ones."""
+    cfg = kd.make_config(
+        "smoke",
+        method=method,
+        dataset="digits",
+        teacher="resnet8",
+        student="resnet8",
+        momentum=0.5,
+        weight_decay=1e-3,
+        **args,
+    )
+    data = kd.data.load("digits", train=True).subset(64)
+    torch.manual_seed(0)
+    d = kd.build(
+        method,
+        kd.build_model("resnet8", "digits"),
+        kd.build_model("resnet8", "digits").eval(),
+        **cfg.method_args,
+    )
+    d.setup(data)
+    made = []
+    real_sgd = torch.optim.SGD
+
+    def recording_sgd(params, **kwargs):
+        made.append(kwargs)
+        return real_sgd(params, **kwargs)
+
+    monkeypatch.setattr(torch.optim, "SGD", recording_sgd)
+    d.prepare(kd.data.Loader(data, 32, shuffle=True, seed=0), cfg)
+    assert made, f"{method} ran no pre-training stage"
+    assert all(k["momentum"] == 0.5 and k["weight_decay"] == 1e-3 for k in made)

@@ -21,7 +21,8 @@ Life cycle, as the trainer drives it (every hook but ``forward`` is optional):
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -30,6 +31,7 @@ from ..checks import check_weights  # noqa: F401 - kdutils.distillers exports it
 from ..models import capture
 
 __all__ = [
+    "pretrain",
     "Distiller",
     "register",
     "describe_status",
@@ -181,8 +183,10 @@ class Distiller(nn.Module):
     def setup(self, data) -> None:
         """Data-dependent state; ``data`` is the training :class:`TensorData`."""
 
-    def prepare(self, loader) -> None:
-        """A stage before the main training (fresh runs only)."""
+    def prepare(self, loader, cfg=None) -> None:
+        """A stage before the main training (fresh runs only); ``cfg`` is the
+        run's :class:`~kdutils.config.Config` (its optimiser settings), for
+        :func:`pretrain`."""
 
     def on_epoch(self, epoch: int, epochs: int) -> None:
         """Called at the start of epoch ``epoch`` (0-based) of ``epochs``."""
@@ -226,3 +230,60 @@ class Distiller(nn.Module):
             for k in names
             if k not in ("self", "student", "teacher")
         }
+
+
+def pretrain(
+    name: str,
+    loader,
+    params: Iterable[nn.Parameter],
+    loss_fn: Callable[[Tensor], Tensor],
+    epochs: int,
+    lr: float,
+    cosine: bool = False,
+    cfg=None,
+) -> list[float]:
+    """SGD on ``loss_fn(x)`` over ``epochs`` passes of ``loader``; the mean loss of each epoch.
+
+    The learning rate is ``lr`` throughout, or with ``cosine`` a per-step
+    cosine from ``lr`` to 0 over the stage: ``lr (1 + cos(pi t / T)) / 2``
+    at step ``t`` of ``T``. The optimiser is the run's: SGD with ``cfg``'s
+    momentum and weight decay (without ``cfg``, the defaults of
+    :class:`kdutils.config.Config`, 0.9 and 5e-4, as RepDistiller). Prints
+    the last epoch's mean. The one pre-training loop of every method with a
+    stage before the main training (FitNet, AB, FT, SSKD, FSP).
+    """
+    momentum = 0.9 if cfg is None else cfg.momentum
+    weight_decay = 5e-4 if cfg is None else cfg.weight_decay
+    opt = torch.optim.SGD(
+        list(params), lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
+    total_steps, step = epochs * len(loader), 0
+    means: list[float] = []
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        total = seen = 0.0
+        for x, _, _ in loader:
+            if cosine:
+                for group in opt.param_groups:
+                    group["lr"] = lr * (1 + math.cos(math.pi * step / total_steps)) / 2
+            loss = loss_fn(x)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{name}: the loss became {loss.item()} in epoch {epoch + 1} of "
+                    "the pre-training stage; lower init_lr"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(x)
+            seen += len(x)
+            step += 1
+        means.append(total / seen)
+    opt.zero_grad(set_to_none=True)  # no stale gradients for what comes next
+    if epochs:
+        schedule = f", cosine lr {lr:g} -> 0" if cosine else ""
+        print(
+            f"[prepare] {name}: {epochs} epoch(s){schedule}, mean loss in the last "
+            f"{means[-1]:.4f}"
+        )
+    return means

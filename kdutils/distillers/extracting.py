@@ -31,7 +31,7 @@ from ..losses.extract import (
 )
 from ..losses.output import kd_loss
 from ..models import capture
-from .base import Distiller, check_weights, feature_shapes, register
+from .base import Distiller, check_weights, feature_shapes, pretrain, register
 
 Shape = tuple[int, ...]
 
@@ -129,7 +129,8 @@ class FSP(Distiller):
 
     Stage 1 (:meth:`prepare`): the student's layers are trained for
     ``init_epochs`` to minimise ``fsp_loss`` over (stem, stage 1, 2, 3), with
-    SGD at ``init_lr`` (momentum 0.9, weight decay 5e-4, as RepDistiller).
+    SGD at ``init_lr`` with the run's momentum and weight decay (the defaults,
+    0.9 and 5e-4, are RepDistiller's), by the shared :func:`~kdutils.distillers.base.pretrain`.
     Stage 2 (the trainer): ``ce_weight * CE + fsp_weight * fsp_loss``; the
     paper and RepDistiller use the task loss alone (``fsp_weight = 0``).
     Defaults are RepDistiller's CIFAR benchmark (30 of 240 epochs); the
@@ -188,28 +189,18 @@ class FSP(Distiller):
         _, feats_s = _student_features(self, x, self.student_layers)
         return fsp_loss(feats_s, [ft[k] for k in self.fsp_layers_t])
 
-    def prepare(self, loader) -> None:
+    def prepare(self, loader, cfg=None) -> None:
         if self.init_epochs == 0:
             return
-        opt = torch.optim.SGD(
-            self.student.parameters(), lr=self.init_lr, momentum=0.9, weight_decay=5e-4
-        )
         self.train()
-        first = None
-        for epoch in range(self.init_epochs):
-            loader.set_epoch(epoch)
-            total = seen = 0.0
-            for x, _, _ in loader:
-                loss = self.fsp_terms(x)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                first = loss.item() if first is None else first
-                total, seen = total + loss.item() * len(x), seen + len(x)
-        print(
-            f"[fsp] stage 1: {self.init_epochs} epoch(s) matching the teacher's FSP "
-            f"matrices: loss {first:.4g} on the first batch, {total / seen:.4g} "
-            "over the last epoch"
+        pretrain(
+            "fsp stage 1 (matching the teacher's FSP matrices)",
+            loader,
+            self.student.parameters(),
+            self.fsp_terms,
+            self.init_epochs,
+            self.init_lr,
+            cfg=cfg,
         )
 
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):

@@ -12,15 +12,15 @@ Four methods have a stage before the main training, run by ``prepare`` on a
 fresh run (its weights are part of the checkpoints): FitNet's two-stage form
 and AB train the student's lower layers first; FT trains its paraphraser;
 SSKD trains the student's stages one after another. Those stages use their
-own SGD (momentum 0.9, weight decay 5e-4): a constant ``init_lr``, as
-RepDistiller's ``init`` stage does, except SSKD's, which give each stage its
-own cosine schedule.
+own SGD (the shared :func:`~kdutils.distillers.base.pretrain`, with the run's
+momentum and weight decay): a constant ``init_lr``, as RepDistiller's
+``init`` stage does, except SSKD's, which give each stage its own cosine
+schedule.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from ..checks import check_T
 from ..data import normalize
 from ..losses import ab_loss, ft_loss, hint_loss, kd_loss, vid_loss
 from ..models import capture
-from .base import Distiller, check_weights, feature_shapes, register
+from .base import Distiller, check_weights, feature_shapes, pretrain, register
 
 __all__ = [
     "FitNet",
@@ -144,54 +144,6 @@ def _shapes(model: nn.Module, layers: Sequence[str], data) -> list[tuple[int, ..
     return [shapes[n] for n in layers]
 
 
-def _pretrain(
-    name: str,
-    loader,
-    params: Iterable[nn.Parameter],
-    loss_fn: Callable[[Tensor], Tensor],
-    epochs: int,
-    lr: float,
-    cosine: bool = False,
-) -> list[float]:
-    """SGD on ``loss_fn(x)`` over ``epochs`` passes of ``loader``; the mean loss of each epoch.
-
-    The learning rate is ``lr`` throughout, or with ``cosine`` a per-step
-    cosine from ``lr`` to 0 over the stage: ``lr (1 + cos(pi t / T)) / 2``
-    at step ``t`` of ``T``. Prints the last epoch's mean.
-    """
-    opt = torch.optim.SGD(list(params), lr=lr, momentum=0.9, weight_decay=5e-4)
-    total_steps, step = epochs * len(loader), 0
-    means: list[float] = []
-    for epoch in range(epochs):
-        loader.set_epoch(epoch)
-        total = seen = 0.0
-        for x, _, _ in loader:
-            if cosine:
-                for group in opt.param_groups:
-                    group["lr"] = lr * (1 + math.cos(math.pi * step / total_steps)) / 2
-            loss = loss_fn(x)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"{name}: the loss became {loss.item()} in epoch {epoch + 1} of "
-                    "the pre-training stage; lower init_lr"
-                )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(x)
-            seen += len(x)
-            step += 1
-        means.append(total / seen)
-    opt.zero_grad(set_to_none=True)  # no stale gradients for what comes next
-    if epochs:
-        schedule = f", cosine lr {lr:g} -> 0" if cosine else ""
-        print(
-            f"[prepare] {name}: {epochs} epoch(s){schedule}, mean loss in the last "
-            f"{means[-1]:.4f}"
-        )
-    return means
-
-
 def _ce_kd_terms(
     logits_s: Tensor,
     y: Tensor,
@@ -269,7 +221,7 @@ class FitNet(Distiller):
             raise RuntimeError("call setup(data) first: it sizes the regressor")
         return self.regressor(feat_s)
 
-    def prepare(self, loader) -> None:
+    def prepare(self, loader, cfg=None) -> None:
         if self.init_epochs == 0:
             return
         layer = self.hint_layer
@@ -282,8 +234,14 @@ class FitNet(Distiller):
 
         params = [*self.student.parameters(), *self.regressor.parameters()]
         self.train()
-        _pretrain(
-            "fitnet hint stage", loader, params, stage1, self.init_epochs, self.init_lr
+        pretrain(
+            "fitnet hint stage",
+            loader,
+            params,
+            stage1,
+            self.init_epochs,
+            self.init_lr,
+            cfg=cfg,
         )
 
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
@@ -315,7 +273,7 @@ class SSKD(Distiller):
     for ``stage_epochs`` epochs, on ``hint_weight * MSE(f_S^k, f_T^k)``
     (survey Eq. (2)) against the live teacher; the stages before it are
     frozen (no gradient, batch norm in eval mode) and those after it are not
-    run. Each phase has its own SGD (momentum 0.9, weight decay 5e-4) and
+    run. Each phase has its own SGD (the run's momentum and weight decay) and
     its own per-step cosine learning rate from ``init_lr`` to 0, as Gao et
     al. give each phase its own schedule. The main training (the run's
     ``epochs`` and learning-rate schedule) is the classifier phase: the
@@ -462,7 +420,7 @@ class SSKD(Distiller):
         f_t = self._teacher_stages(x, [nt])[nt]
         return self.hint_weight * hint_loss(f_s, f_t)
 
-    def prepare(self, loader) -> None:
+    def prepare(self, loader, cfg=None) -> None:
         groups = self.phase_modules()
         try:
             for k in range(len(self.student_stages)):
@@ -471,7 +429,7 @@ class SSKD(Distiller):
                 names = ", ".join(
                     n for n, m in self.student.named_children() if m in groups[k]
                 )
-                means = _pretrain(
+                means = pretrain(
                     f"sskd stage {k + 1} ({names})",
                     loader,
                     [p for m in groups[k] for p in m.parameters()],
@@ -479,6 +437,7 @@ class SSKD(Distiller):
                     self.stage_epochs,
                     self.init_lr,
                     cosine=True,
+                    cfg=cfg,
                 )
                 self.stage_losses[k] = torch.tensor(means)
         finally:
@@ -567,16 +526,17 @@ class AB(Distiller):
         feats_t = [pre_t[n] for n in self.teacher_points]
         return self.ab_weight * ab_loss(feats_s, feats_t, self.margin)
 
-    def prepare(self, loader) -> None:
+    def prepare(self, loader, cfg=None) -> None:
         params = [*self.student.parameters(), *self.connectors.parameters()]
         self.train()
-        _pretrain(
+        pretrain(
             "ab initialisation",
             loader,
             params,
             self.ab_term,
             self.init_epochs,
             self.init_lr,
+            cfg=cfg,
         )
 
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
@@ -697,7 +657,7 @@ class FT(Distiller):
         # Trained in ``prepare`` only, then a fixed part of the teacher's side.
         self.paraphraser.requires_grad_(False)
 
-    def prepare(self, loader) -> None:
+    def prepare(self, loader, cfg=None) -> None:
         if self.init_epochs == 0:
             return
         para, layer = self.paraphraser, self.layer
@@ -709,13 +669,14 @@ class FT(Distiller):
 
         para.requires_grad_(True)
         try:
-            _pretrain(
+            pretrain(
                 "ft paraphraser",
                 loader,
                 para.parameters(),
                 reconstruction,
                 self.init_epochs,
                 self.init_lr,
+                cfg=cfg,
             )
         finally:
             para.requires_grad_(False)
