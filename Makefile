@@ -180,6 +180,7 @@ test: setup
 
 test-lint: | setup
 	$(PY) -m ruff check $(LINT_PATHS)
+	$(VENV)/bin/lint-imports
 
 test-unit: | setup
 	$(PY) -m pytest -q tests --ignore=tests/browser

@@ -6,8 +6,6 @@
     res = kd.run(cfg)            # trains, or loads the finished run from the cache
 """
 
-__version__ = "0.1.0"
-
 from . import (
     cost,
     data,
@@ -36,6 +34,7 @@ from .train import (  # noqa: E402
     run_id,
     seed_everything,
 )
+from .version import __version__  # noqa: E402, F401
 
 __all__ = [
     "PROFILES",

@@ -25,10 +25,11 @@ import numpy as np
 import torch
 
 from . import data as kdata
-from .config import make_config
+from .config import make_config, method_defaults
 from .distillers import build, get_method
 from .models import create_model
 from .runs import CORE_VERSION
+from .train import fit
 
 __all__ = ["fingerprint", "compare", "TOLERANCE"]
 
@@ -43,8 +44,6 @@ def _args(method: str) -> dict[str, Any]:
     """Method arguments that keep the run tiny: one epoch for any stage
     counted in epochs, a memory bank smaller than the 64 images, one
     snapshot cycle per epoch."""
-    from .config import method_defaults
-
     args: dict[str, Any] = {}
     for k, v in method_defaults(method).items():
         if k.endswith("epochs") and isinstance(v, int) and v > 1:
@@ -58,8 +57,6 @@ def _args(method: str) -> dict[str, Any]:
 
 def fingerprint(method: str) -> dict[str, Any]:
     """Train ``method`` on the tiny fixed run; its versions and numbers."""
-    from .train import fit  # the loop is what is fingerprinted
-
     cfg = make_config(
         "smoke",
         method=method,

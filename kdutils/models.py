@@ -19,10 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .data import DATASETS
+
 __all__ = [
     "ResNet",
     "MODELS",
     "create_model",
+    "build_model",
     "check_model_name",
     "model_name",
     "capture",
@@ -232,3 +235,9 @@ def param_check() -> dict[str, int]:
     """Parameter counts at 3 channels, 10 classes (for the docs and tests)."""
     with torch.device("meta"):
         return {name: num_params(create_model(name)) for name in MODELS}
+
+
+def build_model(name: str, dataset: str) -> nn.Module:
+    """``create_model`` with the classes and input channels of ``dataset``."""
+    info = DATASETS[dataset]
+    return create_model(name, num_classes=info.classes, in_channels=info.channels)

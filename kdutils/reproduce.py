@@ -46,10 +46,13 @@ from typing import Any
 
 import numpy as np
 
+from . import pipelines
 from .config import Config, make_config, teacher_config
 from .distillers import METHODS, get_method
 from .errors import CorruptArtifact
 from .results import Result, atomic_write_bytes, set_aside, survey_table1
+from .runs import MEASURED_ONLY
+from .train import _git_commit, check_amp, run, run_dir
 
 __all__ = [
     "TableRow",
@@ -116,8 +119,6 @@ _EVAL_ONCE_METHODS = {"crd", "fitnet", "at", "afd", "fsp", "rkd", "irg", "sp"}
 
 
 def _pipeline_fn(name: str) -> Callable[..., list[Result]]:
-    from . import pipelines
-
     return getattr(pipelines, name)
 
 
@@ -201,8 +202,6 @@ class TableRow:
         """
         if not self.pipeline:
             return [cfg]
-        from .train import run_dir
-
         planned: list[Config] = []
 
         def dry_run(c: Config, **_: Any) -> Result:
@@ -230,8 +229,13 @@ class TableRow:
     def execute(self, cfg: Config, run: Callable[..., Result] | None = None) -> Result:
         """Run this row from ``cfg`` (finished stages come from the run cache)."""
         if run is None:
-            from .train import run
+            run = _kd_run()
         return _execute(cfg, self.pipeline, self.pipeline_models(cfg.profile), run)
+
+
+def _kd_run() -> Callable[..., Result]:
+    """``kd.run``, looked up when called (tests replace it to count runs)."""
+    return run
 
 
 def table1_rows() -> list[TableRow]:
@@ -264,8 +268,6 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     them, a pipeline row goes stale when its stages' configs change, and not
     when only the code does, like a plain row.
     """
-    from .runs import MEASURED_ONLY
-
     runs = config.get("teacher_runs") or []
     kept = {k: v for k, v in config.items() if k not in MEASURED_ONLY}
     return {**kept, "teacher_runs": [_RUN_KEY.sub("", r) for r in runs]}
@@ -305,15 +307,11 @@ class _Task:
 
     def runner(self) -> Callable[..., Result]:
         """``kd.run`` in this task's precision."""
-        from .train import run
-
         return functools.partial(run, amp=self.amp) if self.amp else run
 
 
 def _in_cache(task: _Task) -> bool:
     """Whether every run of ``task`` is already in the run cache (no training)."""
-    from .train import run_dir
-
     return all((run_dir(c, amp=task.amp) / "result.json").exists() for c in task.plan)
 
 
@@ -372,8 +370,6 @@ def _export_run(res: Result) -> bytes:
 
 def _import_run(cfg_dict: dict, blob: bytes, amp: str | None = None) -> None:
     """Unpack an exported run into this machine's cache, unless it is there."""
-    from .train import run_dir
-
     folder = run_dir(Config.from_dict(cfg_dict), amp=amp)
     if (folder / "result.json").exists():
         return
@@ -399,12 +395,10 @@ def _ray_worker(
     and the pipeline runs here, its earlier stages loaded from those runs
     (any stage not among them is trained here, in this worker's cache).
     """
-    from .train import run
-
     for t_cfg, blob in teachers:
         _import_run(t_cfg, blob, amp)
-    run = functools.partial(run, amp=amp) if amp else run
-    res = _execute(Config.from_dict(cfg_dict), pipeline, models, run)
+    runner = functools.partial(run, amp=amp) if amp else run
+    res = _execute(Config.from_dict(cfg_dict), pipeline, models, runner)
     return res.to_json(), (_export_run(res) if export else None)
 
 
@@ -416,8 +410,6 @@ def _prerequisites(tasks: Sequence[_Task]) -> list[list[Config]]:
     taught by the teacher). A run's teachers are ``teacher_config`` of it, or
     the planned stages its ``teacher_runs`` name.
     """
-    from .train import run_dir
-
     planned = {run_dir(c, amp=t.amp).name: c for t in tasks for c in t.plan[:-1]}
 
     def deps(c: Config) -> list[Config]:
@@ -543,8 +535,6 @@ def reproduce(
     by default in ``results/table1/<profile>-<amp>``. Returns ``{"table":
     [...], "conclusions": {...}, "missing": [...]}``.
     """
-    from .train import check_amp
-
     check_amp(amp)
     if executor not in EXECUTORS:
         raise ValueError(
@@ -775,8 +765,6 @@ def _table_provenance(
     needed: the rows' runs and the pipelines' earlier stages (TAKD's
     assistant, ALTKD's other teachers), each counted once.
     """
-    from .train import _git_commit, run_dir
-
     runs = list(results.values())
     # Each run once, by its cache folder (a saved result's path is the table's
     # runs folder, not the run's own).

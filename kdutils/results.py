@@ -18,6 +18,7 @@ import torch
 
 from .config import Config
 from .errors import CorruptArtifact
+from .models import build_model
 
 __all__ = [
     "Result",
@@ -222,8 +223,6 @@ class Result:
 
     def load_model(self, device: str | torch.device = "cpu") -> torch.nn.Module:
         """The trained student (or teacher) of this run, in eval mode."""
-        from .train import build_model
-
         if self.path is None:
             raise ValueError("this result has no run folder to load weights from")
         model = build_model(self.cfg.student, self.cfg.dataset)

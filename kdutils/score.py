@@ -28,6 +28,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .distillers import METHODS
+from .results import Result
+from .runs import cache_dir, run_dir
+
 __all__ = [
     "COSTS",
     "unified_score",
@@ -121,10 +125,6 @@ def book_runs(profile: str, cache: str | Path | None = None) -> list:
     would load (its folder is the current ``run_dir`` of its config): the runs
     the book shows. Runs of older code, or of methods no longer registered,
     are left out."""
-    from .distillers import METHODS
-    from .results import Result
-    from .train import cache_dir, run_dir
-
     root = Path(cache) if cache is not None else cache_dir()
     out = []
     for path in sorted((root / "runs").glob("*/result.json")):

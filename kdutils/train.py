@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -38,7 +37,8 @@ from . import data as kdata
 from .config import Config, teacher_config
 from .distillers import Distiller, build, get_method
 from .errors import CacheUnwritable, CorruptArtifact, DeviceUnavailable
-from .models import create_model, num_params
+from .inference import evaluate, inference_batch_size, predict_logits
+from .models import build_model, num_params
 from .results import (
     Result,
     atomic_write_bytes,
@@ -48,6 +48,7 @@ from .results import (
     write_checked,
 )
 from .runs import CORE_VERSION, cache_dir, covers, measure_both, run_dir, run_key
+from .version import __version__
 
 __all__ = [
     "run",
@@ -242,64 +243,6 @@ def _run_lock(folder: Path, name: str) -> Iterator[None]:
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def build_model(name: str, dataset: str) -> nn.Module:
-    info = kdata.DATASETS[dataset]
-    return create_model(name, num_classes=info.classes, in_channels=info.channels)
-
-
-def inference_batch_size(device: torch.device | str) -> int:
-    """Batch size for forward-only passes: 1000 on a GPU; 256 on a CPU, where a
-    batch of 1000 overflows the caches (ResNet8 on 10k Fashion-MNIST test
-    images: 3.7 s at 1000, 2.1 s at 256; ResNet32: 17.5 s, 6.8 s)."""
-    return 1000 if torch.device(device).type == "cuda" else 256
-
-
-@torch.inference_mode()
-def predict_logits(
-    model: nn.Module,
-    dataset: kdata.TensorData,
-    batch_size: int | None = None,
-    device=None,
-) -> Tensor:
-    """Logits of ``model`` (in eval mode) for every sample, in dataset order."""
-    device = device or next(model.parameters()).device
-    batch_size = batch_size or inference_batch_size(device)
-    model.eval()
-    loader = kdata.Loader(
-        dataset,
-        batch_size,
-        shuffle=False,
-        device=device,
-        channels_last=_is_channels_last(model),
-    )
-    return torch.cat([model(x).float().cpu() for x, _, _ in loader])
-
-
-def evaluate(
-    model: nn.Module,
-    test: kdata.TensorData,
-    batch_size: int | None = None,
-    device=None,
-) -> dict[str, float]:
-    """Top-1 accuracy (fraction) and mean cross-entropy of ``model`` on ``test``."""
-    was_training = model.training
-    logits = predict_logits(model, test, batch_size, device)  # (N, K)
-    model.train(was_training)
-    return {
-        "acc": (logits.argmax(1) == test.labels).sum().item() / len(test),
-        "loss": F.cross_entropy(logits, test.labels).item(),
-    }
-
-
-def _is_channels_last(model: nn.Module) -> bool:
-    w = next((m.weight for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    return (
-        w is not None
-        and w.is_contiguous(memory_format=torch.channels_last)
-        and w.dim() == 4
-    )
 
 
 def _make_optimizer(distiller: Distiller, cfg: Config):
@@ -561,8 +504,6 @@ def _git_commit() -> str | None:
 
 def provenance(device: torch.device, method: str = "ce") -> dict:
     import torchvision
-
-    from . import __version__
 
     name = (
         torch.cuda.get_device_name(device)

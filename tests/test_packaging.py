@@ -71,3 +71,20 @@ def test_wheel_declares_the_dependencies(wheel):
         if line.startswith("Requires-Dist:")
     }
     assert {"torch", "torchvision", "numpy", "matplotlib", "scipy"} <= requires
+
+
+def test_the_package_version_is_the_projects():
+    import tomllib
+
+    import kdutils
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert kdutils.__version__ == project["version"]
+
+
+def test_the_layer_contract_holds():
+    """pyproject.toml's [tool.importlinter] layers: no import circle, no lower
+    layer importing a higher one (what `make test-lint` checks, from pytest)."""
+    lint = Path(sys.executable).parent / "lint-imports"  # requirements.txt pins it
+    done = subprocess.run([str(lint)], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:]

@@ -152,13 +152,13 @@ def test_reproduce_resumes_without_training_again(tmp_path, capsys, monkeypatch)
             raise KeyboardInterrupt  # killed during the second run
         return real_run(cfg, **kw)
 
-    monkeypatch.setattr(ktrain, "run", interrupted_run)
+    monkeypatch.setattr(rep, "run", interrupted_run)
     with pytest.raises(KeyboardInterrupt):
         rep.reproduce("smoke", [0, 1], **args)
     assert [p.name for p in (tmp_path / "t1" / "runs").iterdir()] == [
         "resnet20-s0.json"
     ]
-    monkeypatch.setattr(ktrain, "run", real_run)
+    monkeypatch.setattr(rep, "run", real_run)
     capsys.readouterr()
     first = rep.reproduce("smoke", [0, 1], **args)
     printed = capsys.readouterr().out
@@ -194,7 +194,7 @@ def test_pipeline_rows_run_resume_and_restart_where_they_stopped(
             trained.append(cfg.name)
         return res
 
-    monkeypatch.setattr(ktrain, "run", counting_run)
+    monkeypatch.setattr(rep, "run", counting_run)
     with pytest.raises(KeyboardInterrupt):
         rep.reproduce("smoke", [0], **args)
     assert trained == ["ce-resnet14-digits-s0", f"kd-resnet14-{ASSISTANT}-digits-s0"]

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..data import normalize
 from ..losses import (
     discriminator_accuracy,
     discriminator_bce_loss,
@@ -380,8 +381,6 @@ class AdvFeat(_AdversarialDistiller):
 
     def setup(self, data) -> None:
         """Size the connector and the discriminator from one training image."""
-        from ..data import normalize
-
         device = next(self.student.parameters()).device
         sample = normalize(data.images[:1].to(device), data.info)
         s = feature_shapes(self.student, [self.layer], sample)[self.layer]

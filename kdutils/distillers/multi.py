@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_T
+from ..data import Loader
+from ..inference import inference_batch_size, is_channels_last
 from ..losses import (
     hint_loss,
     kl_to_targets,
@@ -209,9 +211,6 @@ class AMTMLKD(_MultiTeacher):
     def epoch_metrics(self, test) -> dict[str, float]:
         """The teachers' mean weight ``weight<m>`` and the weights' mean
         entropy ``weight_entropy`` (nats; log M is uniform) on 2000 test images."""
-        from ..data import Loader
-        from ..train import _is_channels_last, inference_batch_size
-
         sub = test.subset(2000)
         device = self.theta.device
         loader = Loader(
@@ -219,7 +218,7 @@ class AMTMLKD(_MultiTeacher):
             inference_batch_size(device),
             shuffle=False,
             device=device,
-            channels_last=_is_channels_last(self.student),
+            channels_last=is_channels_last(self.student),
         )
         mus = [self.teacher_weights(x).double() for x, _, _ in loader]
         mu = torch.cat(mus)

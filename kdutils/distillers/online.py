@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_int, check_T
+from ..inference import predict_logits
 from ..losses import (
     dml_kl_losses,
     gated_ensemble,
@@ -126,7 +127,6 @@ def member_metrics(members: list[nn.Module], test, n: int = METRIC_IMAGES) -> di
     fraction of images on which two members predict the same class, averaged
     over pairs) and ``pair_kl`` (KL(p_i || p_j) at T = 1, averaged over
     ordered pairs: how different their whole predictions are)."""
-    from ..train import predict_logits  # the trainer imports this module
 
     sub = test.subset(n)
     y = sub.labels

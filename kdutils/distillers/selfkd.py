@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_T
+from ..inference import predict_logits
 from ..losses import bake_targets, byot_feature_loss, byot_kd_loss, kl_to_targets
 from ..models import capture
 from .base import Distiller, check_weights, register
@@ -186,7 +187,6 @@ class BYOT(Distiller):
     def epoch_metrics(self, test) -> dict[str, float]:
         """``exit<i>_acc``: each exit's accuracy on 2000 test images (a fixed
         subset), shallowest first; the last is the student's own classifier."""
-        from ..train import predict_logits  # the trainer imports this module
 
         sub = test.subset(2000)
         return {
