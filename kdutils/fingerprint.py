@@ -44,13 +44,14 @@ def _args(method: str) -> dict[str, Any]:
     """Method arguments that keep the run tiny: one epoch for any stage
     counted in epochs, a memory bank smaller than the 64 images, one
     snapshot cycle per epoch."""
+    defaults = method_defaults(method)
     args: dict[str, Any] = {}
-    for k, v in method_defaults(method).items():
+    for k, v in defaults.items():
         if k.endswith("epochs") and isinstance(v, int) and v > 1:
             args[k] = 1
-    if "nce_k" in method_defaults(method):
+    if "nce_k" in defaults:
         args["nce_k"] = 32
-    if "cycles" in method_defaults(method):  # snapshot: a cycle per epoch
+    if "cycles" in defaults:  # snapshot: a cycle per epoch
         args["cycles"] = EPOCHS
     return args
 

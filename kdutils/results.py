@@ -28,6 +28,7 @@ __all__ = [
     "survey_table1",
     "atomic_write_bytes",
     "write_checked",
+    "remove_checked",
     "verify_file",
     "set_aside",
     "CorruptArtifact",
@@ -92,6 +93,13 @@ def write_checked(path: str | os.PathLike, data: bytes) -> str:
     return digest
 
 
+def remove_checked(path: str | os.PathLike) -> None:
+    """Delete a file written by :func:`write_checked` and its ``.sha256``."""
+    path = Path(path)
+    path.unlink(missing_ok=True)
+    _sidecar(path).unlink(missing_ok=True)
+
+
 def verify_file(path: str | os.PathLike, expected: str | None = None) -> None:
     """Raise :class:`CorruptArtifact` unless ``path`` exists and has the
     checksum ``expected`` (default: the one in its ``.sha256`` file). A file
@@ -139,8 +147,9 @@ class Result:
     final: dict[str, Any]
     provenance: dict[str, Any]
     teacher: dict[str, Any] | None = None
-    # Set by scripts/rekey_cache.py when a run was carried over to a new code
-    # version verified to compute the same (old key, old code hash, commit).
+    # Set by the former scripts/rekey_cache.py (run keys now hold declared
+    # versions, see kdutils.runs) on runs it carried over to a new code
+    # version; kept so that those records still load.
     rekeyed: dict[str, Any] | None = None
     # The sha256 of each file the run wrote to its folder (model.pt, ...),
     # checked before any of them is used; None for runs from before.

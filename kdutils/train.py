@@ -42,6 +42,7 @@ from .models import build_model, num_params
 from .results import (
     Result,
     atomic_write_bytes,
+    remove_checked,
     set_aside,
     sha256_file,
     verify_file,
@@ -918,8 +919,7 @@ def _train_run(
 ) -> Result:
     result_path, ckpt = folder / "result.json", folder / "checkpoint.pt"
     if ckpt.exists() and restart:
-        ckpt.unlink()
-        Path(str(ckpt) + ".sha256").unlink(missing_ok=True)
+        remove_checked(ckpt)
         print(f"[restart] {cfg.name}: the partial run was discarded")
     elif ckpt.exists() and not resume:
         raise PartialRunExists(
@@ -1024,7 +1024,6 @@ def _train_run(
         path=str(folder),
     )
     res.save(result_path)
-    ckpt.unlink(missing_ok=True)
-    Path(str(ckpt) + ".sha256").unlink(missing_ok=True)
+    remove_checked(ckpt)
     print(f"[done] {cfg.name}: test acc {100 * res.test_acc:.2f}% in {wall:.1f} s")
     return res
