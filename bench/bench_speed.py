@@ -9,7 +9,7 @@ For each case, the same models, batch size and number of steps run through
   writes (torchvision dataset, per-sample PIL transforms in a ``DataLoader``
   with ``--workers`` worker processes, NCHW, teacher under ``no_grad`` on every
   batch, ``.item()`` every step);
-- ``kdutils``: ``kdutils.train.fit``, the loop ``kd.run`` uses (uint8 data held
+- ``kdutils``: ``kdutils.loop.fit``, the loop ``kd.run`` uses (uint8 data held
   on the device, whole-batch augmentation, channels_last, one host sync per
   step; the teacher's logits precomputed once when there is no augmentation);
 - ``kdutils+compile``: the same with the frozen teacher compiled, as
@@ -134,9 +134,11 @@ def _peak(device, workers=()) -> dict:
 
 
 def measure_kdutils(case: str, a: dict) -> dict:
-    """Images/s of ``kdutils.train.fit`` over ``steps`` steps after ``warmup``."""
+    """Images/s of ``kdutils.loop.fit`` over ``steps`` steps after ``warmup``."""
     import kdutils as kd
-    from kdutils import train as ktrain
+    from kdutils import inference as kinference
+    from kdutils import loop as kloop
+    from kdutils import teachers as kteachers
 
     method, dataset, augment, bs = CASES[case]
     device = torch.device(a["device"])
@@ -155,7 +157,7 @@ def measure_kdutils(case: str, a: dict) -> dict:
     t_out = None
     if teacher is not None and not augment:
         t0 = time.perf_counter()
-        t_out = {"logits": ktrain.predict_logits(distiller.teacher, data)}
+        t_out = {"logits": kinference.predict_logits(distiller.teacher, data)}
         out["precompute_s"] = time.perf_counter() - t0
         out["precompute_img_s"] = len(data) / out["precompute_s"]
     stamps: list[tuple[float, float]] = []
@@ -173,10 +175,10 @@ def measure_kdutils(case: str, a: dict) -> dict:
     )  # fmt: skip
     if "compile" in a["variant"] and teacher is not None:
         t0 = time.perf_counter()
-        out["compiled"] = ktrain._compile_teacher(distiller, loader, True, 10**9)
+        out["compiled"] = kteachers.compile_teacher(distiller, loader, True, 10**9)
         out["compile_s"] = time.perf_counter() - t0
     amp = "bf16" if "bf16" in a["variant"] else None
-    ktrain.fit(distiller, loader, test, cfg, teacher_out=t_out, progress=False, amp=amp)
+    kloop.fit(distiller, loader, test, cfg, teacher_out=t_out, progress=False, amp=amp)
     (w0, c0), (w1, c1) = stamps[a["warmup"]], stamps[a["warmup"] + a["steps"]]
     images = a["steps"] * bs
     return {
@@ -226,7 +228,8 @@ def measure_reference(case: str, a: dict) -> dict:
 def profile_kd(a: dict) -> dict:
     """Where one kdutils KD step (3x32x32, augmented, teacher every batch) spends time."""
     import kdutils as kd
-    from kdutils import train as ktrain
+    from kdutils import loop as kloop
+    from kdutils import teachers as kteachers
 
     method, dataset, augment, bs = CASES["kd-3x32"]
     device = torch.device(a["device"])
@@ -237,12 +240,12 @@ def profile_kd(a: dict) -> dict:
         device, memory_format=torch.channels_last
     )
     cfg = kd.make_config("paper", method="kd", epochs=1, batch_size=bs)
-    opt, _ = ktrain._make_optimizer(distiller, cfg)
+    opt, _ = kloop.make_optimizer(distiller, cfg)
     loader = kd.data.Loader(
         data, bs, shuffle=True, augment=True, seed=0, device=device, channels_last=True
     )
     if "compile" in a["variant"]:
-        ktrain._compile_teacher(distiller, loader, True, 10**9)
+        kteachers.compile_teacher(distiller, loader, True, 10**9)
     parts = dict.fromkeys(
         ["data", "teacher forward", "student forward + loss", "backward", "optimizer"],
         0.0,
@@ -510,8 +513,8 @@ def _bench(args, tmp: Path) -> None:
 
 def _save(args, results: dict, where: str) -> None:
     """Write the figures and their provenance (commit, machine, date) as JSON."""
+    from kdutils.provenance import provenance
     from kdutils.results import atomic_write_bytes
-    from kdutils.train import provenance
 
     prov = provenance(torch.device(args.device))
     prov.pop("code_hash")

@@ -8,7 +8,7 @@ each run twice, one after the other on the same machine:
   against the cached run's: the fast run is the book's run), in a scratch cache that links
   every other cached run (the teachers are loaded, not retrained);
 * **usual loop**: the same Distiller, teacher(s), optimiser, schedule and
-  number of steps through :func:`kdutils.train.fit` (its evaluation included),
+  number of steps through :func:`kdutils.loop.fit` (its evaluation included),
   but fed the way the common CIFAR KD code feeds it: a ``torchvision`` dataset
   whose samples go one by one through ``ToTensor`` and ``Normalize`` in a
   ``DataLoader`` with worker processes, the default NCHW layout, and the
@@ -150,7 +150,7 @@ def book_runs(cache: Path, profile: str = "quick") -> list[dict]:
     not the book's and are skipped.
     """
     import kdutils as kd
-    from kdutils.train import run_key
+    from kdutils.runs import run_key
 
     out = []
     for f in sorted((cache / "runs").glob("*/result.json")):
@@ -207,13 +207,9 @@ def time_kdutils(cfg, cache: Path, folder: str) -> tuple[float, float]:
 
 def time_usual(cfg, cache: Path, root: Path, workers: int) -> tuple[float, float]:
     from kdutils.distillers import build
-    from kdutils.train import (
-        _load_teachers,
-        build_model,
-        fit,
-        load_split,
-        seed_everything,
-    )
+    from kdutils.loop import fit, load_split, seed_everything
+    from kdutils.models import build_model
+    from kdutils.train import _load_teachers
 
     os.environ["KD_CACHE_DIR"] = str(cache)
     device = torch.device("cpu")
@@ -239,7 +235,7 @@ def time_usual(cfg, cache: Path, root: Path, workers: int) -> tuple[float, float
 
 def main() -> None:
     import kdutils as kd
-    from kdutils.train import cache_dir
+    from kdutils.runs import cache_dir
 
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -362,7 +358,7 @@ def _provenance() -> dict:
     """kdutils' run provenance, with the machine and its load when measured."""
     import platform
 
-    from kdutils.train import provenance
+    from kdutils.provenance import provenance
 
     return {
         **provenance(torch.device("cpu")),

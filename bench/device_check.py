@@ -57,7 +57,7 @@ def main() -> None:
     t0 = time.perf_counter()
     res = kd.run(cfg, device=args.device, progress=False)
     wall = time.perf_counter() - t0
-    teacher = kd.Result.load(kd.train.run_dir(kd.teacher_config(cfg)) / "result.json")
+    teacher = kd.Result.load(kd.runs.run_dir(kd.teacher_config(cfg)) / "result.json")
     print(f"device: {res.provenance['device']}, torch {torch.__version__}")
     for label, r in (
         ("teacher ce resnet56", teacher),

@@ -10,30 +10,35 @@ from . import (
     cost,
     data,
     distillers,
+    inference,
+    loop,
     losses,
     models,
     pipelines,
     plots,
+    profiles,
+    provenance,
+    registry,
     reproduce,
     results,
+    runs,
     score,
+    teachers,
+    train,
 )  # noqa: E402
 from .config import PROFILES, Config, make_config, teacher_config  # noqa: E402
 from .distillers import METHODS, Distiller, build, get_method, register  # noqa: E402
-from .models import capture, create_model, num_params  # noqa: E402
-from .results import Result, load_results, summarize, survey_table1  # noqa: E402
-from .train import (  # noqa: E402
-    build_model,
-    evaluate,
-    fit,
-    load_distiller,
-    load_run,
-    load_split,
-    predict_logits,
-    run,
-    run_id,
-    seed_everything,
+from .inference import evaluate, predict_logits  # noqa: E402
+from .loop import fit, load_split, seed_everything  # noqa: E402
+from .models import (  # noqa: E402
+    build_model,  # noqa: E402
+    capture,
+    create_model,
+    num_params,
 )
+from .results import Result, load_results, summarize, survey_table1  # noqa: E402
+from .runs import load_run, run_id  # noqa: E402
+from .train import load_distiller, run  # noqa: E402
 from .version import __version__  # noqa: E402, F401
 
 __all__ = [
@@ -66,11 +71,19 @@ __all__ = [
     "cost",
     "data",
     "distillers",
+    "inference",
+    "loop",
     "losses",
     "models",
     "pipelines",
     "plots",
+    "profiles",
+    "provenance",
+    "registry",
     "reproduce",
     "results",
+    "runs",
     "score",
+    "teachers",
+    "train",
 ]

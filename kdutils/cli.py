@@ -8,6 +8,19 @@ import sys
 import time
 from pathlib import Path
 
+import kdutils as kd
+from kdutils import plots
+from kdutils.config import make_config, teacher_config
+from kdutils.distillers import describe_status, get_method
+from kdutils.errors import EnvironmentProblem
+from kdutils.loop import CheckpointError, NonFiniteLoss, resolve_device
+from kdutils.models import create_model, num_params, param_check
+from kdutils.pipelines import PIPELINES
+from kdutils.reproduce import reproduce
+from kdutils.runs import cache_dir, run_dir
+from kdutils.speed import book_factor_figure, speed_markdown
+from kdutils.train import PartialRunExists
+
 __all__ = ["main"]
 
 
@@ -119,9 +132,6 @@ _OWN_OPTIONS = {
 
 def _train_folders(cfg) -> list[Path]:
     """The run folders ``train`` may write: the student's and its teacher's."""
-    from kdutils.config import teacher_config
-    from kdutils.distillers import get_method
-    from kdutils.train import run_dir
 
     folders = [run_dir(cfg)]
     if get_method(cfg.method).needs_teacher and cfg.teacher and not cfg.teacher_runs:
@@ -131,9 +141,6 @@ def _train_folders(cfg) -> list[Path]:
 
 def _warn_small_teacher(cfg) -> None:
     import torch
-
-    from kdutils.distillers import get_method
-    from kdutils.models import create_model, num_params
 
     if not (get_method(cfg.method).needs_teacher and cfg.teacher):
         return
@@ -152,8 +159,6 @@ def _warn_small_teacher(cfg) -> None:
 
 
 def _train(args) -> int:
-    import kdutils as kd
-    from kdutils.train import PartialRunExists
 
     hparams = dict(args.hparams)
     for name in hparams:
@@ -167,7 +172,6 @@ def _train(args) -> int:
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     cfg = kd.make_config(args.profile, **overrides, **hparams)
-    from kdutils.train import resolve_device
 
     resolve_device(args.device)
     _warn_small_teacher(cfg)
@@ -202,7 +206,6 @@ def _train(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from kdutils.reproduce import reproduce
 
     if args.gpus_per_run < 0 or args.cpus_per_run <= 0:
         raise ValueError("--gpus-per-run must be >= 0 and --cpus-per-run > 0")
@@ -234,9 +237,6 @@ def _section_key(section: str) -> tuple[int, ...]:
 
 
 def _methods() -> int:
-    import kdutils as kd
-    from kdutils.distillers import describe_status
-    from kdutils.pipelines import PIPELINES
 
     def table(rows: list[tuple[str, str, str, str]], head: str) -> None:
         """One line per row; a stand-in's note (what differs) on a line below."""
@@ -279,7 +279,6 @@ def _methods() -> int:
 
 
 def _models() -> int:
-    from kdutils.models import param_check
 
     for name, n in param_check().items():
         print(f"{name:<12} {n:>10,d} parameters (3x32x32 input, 10 classes)")
@@ -287,8 +286,6 @@ def _models() -> int:
 
 
 def _figures(out: Path) -> int:
-    from kdutils import plots
-    from kdutils.speed import book_factor_figure, speed_markdown
 
     out.mkdir(parents=True, exist_ok=True)
     fig = plots.taxonomy()
@@ -303,7 +300,6 @@ def _figures(out: Path) -> int:
 
 def _profiles_table() -> str:
     """The profiles as a Markdown table, generated from ``kdutils.PROFILES``."""
-    from kdutils.config import make_config
 
     rows = [
         "| profile | data | train / test images | teacher → student | epochs "
@@ -329,8 +325,6 @@ def _profiles_table() -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     started = time.time()
-    from kdutils.errors import EnvironmentProblem
-    from kdutils.train import CheckpointError, NonFiniteLoss
 
     try:
         if args.command == "train":
@@ -381,7 +375,6 @@ def _interrupted(since: float, folders: list[Path] | tuple = ()) -> str:
     (``folders``, written by an earlier command), say whether there is
     anything to resume.
     """
-    from kdutils.train import cache_dir
 
     saved = sorted(
         (p.stat().st_mtime, p.parent.name)

@@ -1,4 +1,4 @@
-"""Experiment configuration: one frozen dataclass and three named profiles.
+"""Experiment configuration: one frozen dataclass, built from a profile.
 
 The defaults of :class:`Config` are the ``paper`` profile: the survey's Table-1
 data and models (CIFAR-10, ResNet56 teacher, ResNet20 student) with the CRD
@@ -6,8 +6,13 @@ benchmark's recipe (RepDistiller's defaults: 240 epochs, SGD lr 0.05, x0.1 at
 150/180/210, batch 64, wd 5e-4), the usual choice for these methods. The survey
 states no recipe of its own (its section 4 says only that every method shared
 the same hyperparameters); ``book/settings.md`` gives each setting's source. A
-*profile* is a set of overrides, nothing more: the same code runs ``smoke``,
-``quick`` and ``paper``.
+*profile* is a set of overrides, nothing more (``kdutils.profiles``): the same
+code runs ``smoke``, ``quick`` and ``paper``.
+
+A config is data. It fills in and checks the method's hyperparameters by
+looking the method up in ``kdutils.registry`` (its constructor's signature is
+the one source of defaults), and checks model and dataset names; it imports
+neither the distillers nor the trainer.
 """
 
 from __future__ import annotations
@@ -19,7 +24,22 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Config", "PROFILES", "make_config", "method_defaults", "teacher_config"]
+import torch
+
+from .data import check_dataset_name
+from .models import check_model_name, create_model
+from .profiles import PROFILES
+from .registry import METHODS, build, get_method
+
+__all__ = [
+    "Config",
+    "PROFILES",
+    "REFERENCE_EPOCHS",
+    "make_config",
+    "method_defaults",
+    "scale_epochs",
+    "teacher_config",
+]
 
 
 @dataclass(frozen=True)
@@ -113,8 +133,6 @@ class Config:
     @property
     def name(self) -> str:
         """Readable run name, e.g. ``kd-resnet56-resnet20-fashion-mnist-s0``."""
-        from .distillers import get_method
-
         parts = [self.method]
         if self.teacher and get_method(self.method).needs_teacher:
             parts.append(self.teacher)
@@ -223,42 +241,6 @@ def _check_field_types(cfg: Config) -> None:
         raise ValueError(f"teacher_runs must be a list of run names, got {runs!r}")
 
 
-# Overrides per profile. ``paper`` is the defaults: the survey's data and models,
-# the CRD benchmark's recipe (see the module docstring).
-# ``quick`` sizes were measured on a 2-core CPU: a 10k Fashion-MNIST subset,
-# 8 epochs, no augmentation (so the teacher's logits are computed once and
-# shared by every KD run), ResNet32 -> ResNet8 (ResNet56 -> ResNet20 does not
-# fit the budget; at 8 epochs ResNet56 was also a worse teacher than ResNet32),
-# and the paper's learning rate, 0.05, with a cosine schedule over the 8 epochs.
-PROFILES: dict[str, dict[str, Any]] = {
-    "smoke": dict(
-        dataset="fashion-mnist",
-        teacher="resnet14",
-        student="resnet8",
-        epochs=3,
-        batch_size=64,
-        lr=0.05,
-        schedule="cosine",
-        augment=False,
-        train_subset=2000,
-        test_subset=1000,
-    ),
-    "quick": dict(
-        dataset="fashion-mnist",
-        teacher="resnet32",
-        student="resnet8",
-        epochs=8,
-        batch_size=128,
-        lr=0.05,
-        schedule="cosine",
-        augment=False,
-        train_subset=10000,
-        test_subset=None,
-    ),
-    "paper": dict(),
-}
-
-
 def _config_fields() -> set[str]:
     return {f.name for f in dataclasses.fields(Config)}
 
@@ -269,6 +251,8 @@ def make_config(profile: str = "quick", **overrides: Any) -> Config:
     Keyword arguments that are :class:`Config` fields override it; any other
     keyword is a hyperparameter of the method (``make_config("quick",
     method="kd", T=8)``) and must be accepted by that method's constructor.
+    The method's schedule arguments (``Distiller.epoch_args``) not given are
+    its defaults scaled to the run's epochs (:func:`scale_epochs`).
     """
     if profile not in PROFILES:
         raise ValueError(
@@ -282,13 +266,33 @@ def make_config(profile: str = "quick", **overrides: Any) -> Config:
             method_args[k] = overrides.pop(k)
     method = overrides.get("method", Config.method)
     if method != "ce" and "teacher" not in overrides:
-        from .distillers import METHODS
-
         if method in METHODS and not METHODS[method].needs_teacher:
             # Online and self-distillation have no teacher: leave the profile's
             # out, so one experiment has one config (and one cache key).
             base["teacher"] = None
+    if method in METHODS:
+        epochs = overrides.get("epochs", base.get("epochs", Config.epochs))
+        if is_int(epochs) and epochs > 0:
+            defaults = method_defaults(method)
+            for arg in METHODS[method].epoch_args:
+                if arg not in method_args:
+                    method_args[arg] = scale_epochs(defaults[arg], epochs)
     return Config(**{**base, **overrides, "method_args": method_args})
+
+
+# The run length a method's schedule is stated for (``Distiller.epoch_args``):
+# RepDistiller's 240 epochs, the ``paper`` profile's.
+REFERENCE_EPOCHS = 240
+
+
+def scale_epochs(value: int | float, epochs: int) -> int | float:
+    """``value`` epochs of a :data:`REFERENCE_EPOCHS`-epoch run, for an
+    ``epochs``-epoch run: an integer stage keeps at least one epoch (0 stays
+    0: no stage), a float (a warm-up) scales exactly."""
+    fraction = epochs / REFERENCE_EPOCHS
+    if isinstance(value, bool) or not isinstance(value, int):
+        return value * fraction
+    return 0 if value == 0 else max(1, round(value * fraction))
 
 
 def method_defaults(method: str, cfg: Config | None = None) -> dict[str, Any]:
@@ -296,9 +300,6 @@ def method_defaults(method: str, cfg: Config | None = None) -> dict[str, Any]:
 
     With ``cfg``, also checks the method, models, dataset and given arguments.
     """
-    # Imported here: the registry imports models and losses, not config.
-    from .distillers import get_method
-
     cls = get_method(method)  # raises on an unknown name
     params = inspect.signature(cls.__init__).parameters
     defaults = {
@@ -308,9 +309,6 @@ def method_defaults(method: str, cfg: Config | None = None) -> dict[str, Any]:
         and p.default is not inspect.Parameter.empty
     }
     if cfg is not None:
-        from .data import check_dataset_name
-        from .models import check_model_name
-
         check_model_name(cfg.student)
         if cls.needs_teacher:
             if cfg.teacher is None:
@@ -359,11 +357,6 @@ def _check_hparam(method: str, name: str, value: Any, param: inspect.Parameter) 
 def _check_values(cls, cfg: Config) -> None:
     """Build the method on the meta device: bad values (T <= 0, negative
     weights) raise here, before any teacher is trained."""
-    import torch
-
-    from .distillers import build
-    from .models import create_model
-
     with torch.device("meta"):
         teacher = create_model(cfg.teacher) if cls.needs_teacher else None
         if teacher is not None and len(cfg.teacher_runs) > 1:

@@ -27,9 +27,9 @@ import torch
 from . import data as kdata
 from .config import make_config, method_defaults
 from .distillers import build, get_method
+from .loop import fit
 from .models import create_model
 from .runs import CORE_VERSION
-from .train import fit
 
 __all__ = ["fingerprint", "compare", "TOLERANCE"]
 
@@ -49,6 +49,10 @@ def _args(method: str) -> dict[str, Any]:
     for k, v in defaults.items():
         if k.endswith("epochs") and isinstance(v, int) and v > 1:
             args[k] = 1
+    # A schedule stated in epochs of the reference run keeps its default here:
+    # make_config would scale it to the 2 epochs (see Distiller.epoch_args).
+    for k in get_method(method).epoch_args:
+        args.setdefault(k, defaults[k])
     if "nce_k" in defaults:
         args["nce_k"] = 32
     if "cycles" in defaults:  # snapshot: a cycle per epoch

@@ -1,5 +1,9 @@
 """What a run is: its identity (the cache key) and where it is kept.
 
+Also the cache's folders: where runs live (:func:`cache_dir`, :func:`run_dir`),
+how a finished run is named and found again (:func:`run_id`, :func:`load_run`),
+and the per-run lock that keeps two processes from training one run.
+
 A run's key is its configuration plus *declared versions* of the computation:
 
 - :data:`CORE_VERSION`, the training computation every run shares (the data
@@ -23,26 +27,36 @@ trained again, measuring both (:func:`measure_both`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
 import math
 import os
+import platform
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from .config import Config
-from .distillers import get_method
+from .errors import CacheUnwritable
+from .registry import get_method
+from .results import Result
 
 __all__ = [
     "CORE_VERSION",
     "MEASURED_ONLY",
     "cache_dir",
+    "check_cache_writable",
     "covers",
     "identity",
+    "load_run",
     "measure_both",
     "measured_epochs",
     "run_dir",
+    "run_id",
     "run_key",
+    "run_lock",
 ]
 
 # Bump when the shared training computation changes what a run computes
@@ -113,3 +127,97 @@ def measure_both(asked: Config, had: Config) -> Config:
         eval_every=math.gcd(asked.eval_every, had.eval_every),
         save_epochs=tuple(sorted({*asked.save_epochs, *had.save_epochs})),
     )
+
+
+def check_cache_writable() -> Path:
+    """The run cache, made if needed; :class:`CacheUnwritable` (one line with
+    the path) if it cannot be created or written."""
+    root = cache_dir()
+    try:
+        (root / "runs").mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root / "runs"):
+            pass
+    except OSError as e:
+        raise CacheUnwritable(
+            f"the run cache {root} cannot be written ({e.strerror or type(e).__name__}"
+            f"{': ' + e.filename if e.filename else ''}); set KD_CACHE_DIR to a "
+            "writable folder"
+        ) from None
+    return root
+
+
+@contextlib.contextmanager
+def run_lock(folder: Path, name: str) -> Iterator[None]:
+    """Hold the run's lock (``<cache>/locks/<folder>.lock``) while training it.
+
+    A second process asking for the same run says so in one line and waits;
+    it then finds the run finished and loads it (or resumes its checkpoint
+    if the first was interrupted). ``fcntl.flock``: the kernel drops the lock
+    when its holder dies, even by ``kill -9``.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking
+        yield
+        return
+    locks = folder.parent.parent / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{folder.name}.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            print(f"[wait] {name} is being trained by {holder}; waiting for it")
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {platform.node()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_id(res: Result, epoch: int | None = None) -> str:
+    """A finished run's identity (its cache folder name), for ``teacher_runs``.
+
+    With ``epoch`` (one of the run's ``save_epochs``): ``"<folder>@e<epoch>"``,
+    the student as it was after that epoch (an anchor of route-constrained KD).
+    """
+    if res.path is None:
+        raise ValueError(f"{res.name} has no run folder")
+    name = Path(res.path).name
+    if epoch is None:
+        return name
+    if epoch not in res.cfg.save_epochs:
+        raise ValueError(
+            f"{res.name} kept no weights after epoch {epoch}; its save_epochs "
+            f"are {list(res.cfg.save_epochs) or 'empty'}"
+        )
+    return f"{name}@e{epoch}"
+
+
+def load_run(run_id: str) -> Result:
+    """The finished run ``run_id`` from the cache (see :func:`run_id`).
+
+    ``"<folder>@e<N>"`` is that run's student after epoch N: its
+    ``load_model`` gives those weights and its ``test_acc`` that epoch's.
+    """
+    folder, sep, ep = run_id.partition("@e")
+    path = cache_dir() / "runs" / folder / "result.json"
+    if not path.exists():
+        raise ValueError(
+            f"run {folder!r} is not finished in the cache {cache_dir()}; "
+            "run its config first"
+        )
+    res = Result.load(path)
+    if sep:
+        if not ep.isdigit() or int(ep) not in res.cfg.save_epochs:
+            raise ValueError(
+                f"{run_id!r}: the run kept weights only after epochs "
+                f"{list(res.cfg.save_epochs) or '(none)'}"
+            )
+        res.epoch = int(ep)
+    return res

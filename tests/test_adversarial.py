@@ -13,7 +13,8 @@ from training_stops import interrupt as _interrupt
 
 import kdutils as kd
 import kdutils.data as kdata
-import kdutils.train as ktrain
+from kdutils import loop as kloop
+from kdutils import runs as kruns
 from kdutils.distillers.adversarial import Adversary, LogitDiscriminator
 from kdutils.losses import (
     discriminator_accuracy,
@@ -380,10 +381,10 @@ def test_run_records_the_game_and_resumes_exactly(
         _interrupt(m, epoch=1, after=2)
         with pytest.raises(KeyboardInterrupt):
             kd.run(cfg, progress=False)
-    state = ktrain.load_checkpoint(
-        ktrain.run_dir(cfg) / "checkpoint.pt", ktrain.run_key(cfg)
+    state = kloop.load_checkpoint(
+        kruns.run_dir(cfg) / "checkpoint.pt", kruns.run_key(cfg)
     )["distiller"]
-    steps = len(kdata.Loader(ktrain.load_split(cfg, True), cfg.batch_size))
+    steps = len(kdata.Loader(kloop.load_split(cfg, True), cfg.batch_size))
     assert int(state["adversary.adam_step"]) == steps
     assert state["adversary.exp_avg_sq_0"].abs().sum() > 0
     capsys.readouterr()

@@ -22,6 +22,7 @@ import torch
 from training_stops import interrupt
 
 import kdutils as kd
+from kdutils import runs as kruns
 from kdutils import train as ktrain
 from kdutils.errors import CorruptArtifact
 from kdutils.results import Result, set_aside, verify_file, write_checked
@@ -173,11 +174,11 @@ def test_a_record_from_before_checksums_is_checked_by_loading(digits_config, cap
 def test_zeroed_teacher_logits_are_recomputed_not_used(digits_config, cache, capsys):
     cfg = digits_config(method="kd")
     clean = _weights(kd.run(cfg, progress=False))
-    t_res = ktrain.load_run(ktrain.run_dir(kd.teacher_config(cfg)).name)
+    t_res = kruns.load_run(kruns.run_dir(kd.teacher_config(cfg)).name)
     logits = Path(t_res.path) / "train_logits.pt"
     _zero_tensor_file(logits)
     # The student is retrained (another cache folder, same teacher folder).
-    student = ktrain.run_dir(cfg)
+    student = kruns.run_dir(cfg)
     set_aside(student, cache / "elsewhere")
     capsys.readouterr()
     again = kd.run(cfg, progress=False)
@@ -191,9 +192,9 @@ def test_zeroed_teacher_logits_are_recomputed_not_used(digits_config, cache, cap
 def test_a_spoiled_teacher_is_trained_again_for_its_student(digits_config, capsys):
     cfg = digits_config(method="kd")
     clean = _weights(kd.run(cfg, progress=False))
-    teacher = ktrain.run_dir(kd.teacher_config(cfg))
+    teacher = kruns.run_dir(kd.teacher_config(cfg))
     _truncate(teacher / "model.pt")
-    set_aside(ktrain.run_dir(cfg), teacher.parent.parent / "elsewhere")
+    set_aside(kruns.run_dir(cfg), teacher.parent.parent / "elsewhere")
     capsys.readouterr()
     again = kd.run(cfg, progress=False)
     out = capsys.readouterr().out
@@ -209,7 +210,7 @@ def test_a_spoiled_checkpoint_is_set_aside_and_the_run_starts_over(
         interrupt(m, epoch=1, after=1)
         with pytest.raises(KeyboardInterrupt):
             kd.run(cfg, progress=False)
-    ckpt = ktrain.run_dir(cfg) / "checkpoint.pt"
+    ckpt = kruns.run_dir(cfg) / "checkpoint.pt"
     raw = ckpt.read_bytes()  # one bit flipped: torch may still load it
     ckpt.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))
     capsys.readouterr()
@@ -247,7 +248,7 @@ def _killed_in_teacher(cfg, monkeypatch) -> Path:
         interrupt(m, epoch=1, after=1)
         with pytest.raises(KeyboardInterrupt):
             kd.run(cfg, progress=False)
-    ckpt = ktrain.run_dir(kd.teacher_config(cfg)) / "checkpoint.pt"
+    ckpt = kruns.run_dir(kd.teacher_config(cfg)) / "checkpoint.pt"
     assert ckpt.exists()
     return ckpt
 
@@ -280,7 +281,7 @@ def test_a_run_that_fails_before_its_first_checkpoint_leaves_no_folder(
     monkeypatch.setattr(ktrain, "fit", broken)
     with pytest.raises(RuntimeError, match="epoch 1"):
         kd.run(cfg, progress=False)
-    assert not ktrain.run_dir(cfg).exists()
+    assert not kruns.run_dir(cfg).exists()
 
 
 _SLOW_RUN = textwrap.dedent(

@@ -16,7 +16,7 @@ import torchvision.datasets
 
 import kdutils as kd
 from kdutils import data as kdata
-from kdutils.train import build_model
+from kdutils.models import build_model
 
 # Writers of the on-disk formats, independent of kdutils.
 

@@ -15,9 +15,9 @@ from training_stops import interrupt as _interrupt
 
 import kdutils as kd
 from kdutils import losses
-from kdutils import train as ktrain
+from kdutils import runs as kruns
 from kdutils.config import teacher_config
-from kdutils.distillers import fitting
+from kdutils.distillers import fitting, fitting_added
 
 CHANNELS, SIZE, CLASSES = 3, 16, 10
 
@@ -657,9 +657,9 @@ def test_vid_starts_at_variance_5_and_sums_three_stage_nlls():
 
 def test_vid_pools_the_larger_map_to_the_smaller():
     a, b = torch.randn(2, 3, 8, 8), torch.randn(2, 5, 4, 4)
-    pa, pb = fitting._pool_to_smaller(a, b)
+    pa, pb = fitting_added._pool_to_smaller(a, b)
     assert pa.shape[2:] == pb.shape[2:] == (4, 4) and pb is b
-    pb2, pa2 = fitting._pool_to_smaller(b, a)
+    pb2, pa2 = fitting_added._pool_to_smaller(b, a)
     assert pa2.shape[2:] == (4, 4) and pb2 is b
 
 
@@ -699,7 +699,7 @@ def test_a_staged_run_killed_mid_training_resumes_to_the_same_weights(
         _interrupt(m, epoch=1, after=2)
         with pytest.raises(KeyboardInterrupt):
             kd.run(cfg, progress=False)
-    assert (ktrain.run_dir(cfg) / "checkpoint.pt").exists()
+    assert (kruns.run_dir(cfg) / "checkpoint.pt").exists()
     capsys.readouterr()
     resumed = kd.run(cfg, progress=False)
     out = capsys.readouterr().out

@@ -23,6 +23,8 @@ from training_stops import interrupt as _interrupt
 
 import kdutils as kd
 from kdutils import data as kdata
+from kdutils import loop as kloop
+from kdutils import runs as kruns
 from kdutils import train as ktrain
 from kdutils.losses import (
     hint_loss,
@@ -330,7 +332,7 @@ def _teacher_runs(digits_config) -> tuple[str, str]:
         kd.run(digits_config(method="ce", seed=s, epochs=1), progress=False)
         for s in (0, 1)
     ]
-    return tuple(ktrain.run_id(r) for r in runs)
+    return tuple(kruns.run_id(r) for r in runs)
 
 
 def test_amtmlkd_runs_with_two_teacher_runs_and_resumes_exactly(
@@ -346,7 +348,7 @@ def test_amtmlkd_runs_with_two_teacher_runs_and_resumes_exactly(
     cfg = make()
     reference = kd.run(cfg, progress=False)
     assert [t["key"] for t in reference.teacher] == [
-        ktrain.load_run(r).key for r in cfg.teacher_runs
+        kruns.load_run(r).key for r in cfg.teacher_runs
     ]
     assert type(reference.load_model()) is type(kd.create_model("resnet8"))
     assert reference.history[1]["train_hint"] == 0  # after the adapter phase
@@ -357,7 +359,7 @@ def test_amtmlkd_runs_with_two_teacher_runs_and_resumes_exactly(
     metrics = {k: v for k, v in h.items() if k.startswith("metric_")}
     assert set(metrics) == {"metric_weight0", "metric_weight1", "metric_weight_entropy"}
     d = ktrain.load_distiller(reference)
-    mu = _np_teacher_weights(d, ktrain.load_split(cfg, False))
+    mu = _np_teacher_weights(d, kloop.load_split(cfg, False))
     assert metrics["metric_weight0"] == pytest.approx(mu[:, 0].mean(), rel=1e-5)
     assert metrics["metric_weight1"] == pytest.approx(mu[:, 1].mean(), rel=1e-5)
     entropy = -(mu * np.log(mu)).sum(1).mean()
@@ -368,8 +370,8 @@ def test_amtmlkd_runs_with_two_teacher_runs_and_resumes_exactly(
         _interrupt(m, epoch=1, after=2)
         with pytest.raises(KeyboardInterrupt):
             kd.run(cfg, progress=False)
-    state = ktrain.load_checkpoint(
-        ktrain.run_dir(cfg) / "checkpoint.pt", ktrain.run_key(cfg)
+    state = kloop.load_checkpoint(
+        kruns.run_dir(cfg) / "checkpoint.pt", kruns.run_key(cfg)
     )["distiller"]
     assert {"theta", "w", "connectors.1.weight"} <= set(state)
     assert not any(k.startswith("teacher.") for k in state)
@@ -385,7 +387,7 @@ def test_avgkd_with_one_teacher_run_uses_the_precomputed_logits(digits_config):
     (first, _) = _teacher_runs(digits_config)
     cfg = digits_config(method="avgkd", teacher_runs=(first,), epochs=1)
     res = kd.run(cfg, progress=False)
-    assert res.teacher["key"] == ktrain.load_run(first).key
+    assert res.teacher["key"] == kruns.load_run(first).key
     assert np.isfinite(res.history[0]["train_kd"])
 
 
@@ -406,7 +408,7 @@ def test_precomputed_outputs_of_several_teacher_runs_train_as_the_live_teachers(
 
     monkeypatch.setattr(cls, "forward", spy)
     cached = kd.run(cfg, progress=False)
-    steps = 2 * len(kdata.Loader(ktrain.load_split(cfg, True), cfg.batch_size))
+    steps = 2 * len(kdata.Loader(kloop.load_split(cfg, True), cfg.batch_size))
     assert len(seen) == steps
     # Each step got the two teachers' logits (B, 2, K), sliced from the
     # training set's precomputed outputs.

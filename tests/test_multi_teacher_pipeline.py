@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import kdutils as kd
-from kdutils import train as ktrain
+from kdutils import runs as kruns
 from kdutils.config import teacher_config
 from kdutils.pipelines import multi_teacher, teacher_runs_of
 
@@ -121,8 +121,8 @@ def test_multi_teacher_end_to_end_and_from_the_cache(digits_config, capsys):
     t8, t14, student = first
     assert [r.cfg for r in (t8, t14)] == teacher_runs_of(cfg, ("resnet8", "resnet14"))
     assert kd.Config.from_dict(student.config).teacher_runs == (
-        ktrain.run_id(t8),
-        ktrain.run_id(t14),
+        kruns.run_id(t8),
+        kruns.run_id(t14),
     )
     assert [t["key"] for t in student.teacher] == [t8.key, t14.key]
     out = capsys.readouterr().out

@@ -395,7 +395,7 @@ def test_prune_and_recover_reports_every_stage_at_its_cost(digits_config):
         "KD",
         "labels only",
     ]
-    test = kd.train.load_split(cfg, False)
+    test = kd.loop.load_split(cfg, False)
     assert rows[0]["acc"] == 100 * kd.evaluate(teacher, test)["acc"]
     assert rows[0]["params"] == kd.num_params(teacher)
     pruned_cost = {(r["params"], r["macs"]) for r in rows[1:]}

@@ -21,6 +21,8 @@ from training_stops import interrupt as _interrupt
 
 import kdutils as kd
 from kdutils import data as kdata
+from kdutils import loop as kloop
+from kdutils import runs as kruns
 from kdutils import train as ktrain
 from kdutils.distillers.online import fresh_copy, member_metrics
 from kdutils.losses import (
@@ -792,7 +794,7 @@ def test_run_reports_and_saves_the_deployable_student(digits_config, name):
     assert res.teacher is None
     model = res.load_model()  # a plain ResNet8 loads the saved weights
     assert type(model) is type(kd.create_model("resnet8"))
-    ev = kd.evaluate(model, ktrain.load_split(cfg, train=False))
+    ev = kd.evaluate(model, kloop.load_split(cfg, train=False))
     assert ev["acc"] == pytest.approx(res.test_acc)
     assert res.final["params"] == kd.num_params(model)
     h = res.history[0]
@@ -812,7 +814,7 @@ def test_run_reports_and_saves_the_deployable_student(digits_config, name):
     assert metrics["acc0"] == pytest.approx(h["test_acc"], abs=1e-12)
     # (The run's layout is channels-last: the float32 logits differ in the
     # last bits, so pair_kl to a relative 1e-5.)
-    _assert_metrics(metrics, member_metrics(members, ktrain.load_split(cfg, False)))
+    _assert_metrics(metrics, member_metrics(members, kloop.load_split(cfg, False)))
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -828,8 +830,8 @@ def test_a_killed_run_resumes_exactly_with_its_peers(
         _interrupt(m, epoch=1, after=2)
         with pytest.raises(KeyboardInterrupt):
             kd.run(cfg, progress=False)
-    state = ktrain.load_checkpoint(
-        ktrain.run_dir(cfg) / "checkpoint.pt", ktrain.run_key(cfg)
+    state = kloop.load_checkpoint(
+        kruns.run_dir(cfg) / "checkpoint.pt", kruns.run_key(cfg)
     )["distiller"]
     extra = {
         "dml": "peers.0.fc.weight",

@@ -18,6 +18,9 @@ from training_stops import interrupt as _interrupt
 import kdutils as kd
 import kdutils.data as kdata
 import kdutils.train as ktrain
+from kdutils import loop as kloop
+from kdutils import models as kmodels
+from kdutils import runs as kruns
 from kdutils.distillers.progressive import cycle_starts
 from kdutils.losses import kd_loss, snapshot_kd_loss
 from kdutils.pipelines import anchor_epochs, route_kd
@@ -308,8 +311,8 @@ def test_snapshot_run_resumes_exactly(
         _interrupt(m, epoch=stop_epoch, after=2)
         with pytest.raises(KeyboardInterrupt):
             kd.run(cfg, progress=False)
-    state = ktrain.load_checkpoint(
-        ktrain.run_dir(cfg) / "checkpoint.pt", ktrain.run_key(cfg)
+    state = kloop.load_checkpoint(
+        kruns.run_dir(cfg) / "checkpoint.pt", kruns.run_key(cfg)
     )["distiller"]
     assert "snapshot.fc.weight" in state
     assert int(state["snapshot_epoch"]) == (2 if stop_epoch == 3 else -1)
@@ -390,7 +393,7 @@ def _fake_run(calls: list):
 
     def fake_run(cfg, **kw):
         calls.append(cfg)
-        folder = ktrain.cache_dir() / "runs" / f"{cfg.name}-fake{len(calls)}"
+        folder = kruns.cache_dir() / "runs" / f"{cfg.name}-fake{len(calls)}"
         folder.mkdir(parents=True)
         r = kd.results.Result(
             name=cfg.name,
@@ -510,10 +513,10 @@ def test_route_kd_end_to_end_and_the_student_resumes_exactly(
     assert f"anchor after 1/2 epochs: test acc {100 * h[0]['test_acc']:.2f}%" in out
     # The kept weights are the teacher after epoch 1: their accuracy is the
     # one the run measured then; they differ from the final weights.
-    test = ktrain.load_split(cfg, train=False)
-    e1 = ktrain.build_model("resnet8", "digits")
+    test = kloop.load_split(cfg, train=False)
+    e1 = kmodels.build_model("resnet8", "digits")
     e1.load_state_dict(torch.load(folder / "model-e1.pt", weights_only=True))
-    final = ktrain.build_model("resnet8", "digits")
+    final = kmodels.build_model("resnet8", "digits")
     final.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
     assert kd.evaluate(e1, test)["acc"] == pytest.approx(anchor1.test_acc)
     assert not torch.equal(e1.fc.weight, final.fc.weight)

@@ -13,7 +13,8 @@ from training_stops import interrupt as _interrupt
 
 import kdutils as kd
 from kdutils import data as kdata
-from kdutils import train as ktrain
+from kdutils import loop as kloop
+from kdutils import runs as kruns
 from kdutils.config import teacher_config
 from kdutils.losses import (
     ContrastMemory,
@@ -539,8 +540,8 @@ def _checkpoint_after(cfg, epoch, monkeypatch):
         _interrupt(m, epoch=epoch, after=0)
         with pytest.raises(KeyboardInterrupt):
             kd.run(cfg, progress=False)
-    state = ktrain.load_checkpoint(
-        ktrain.run_dir(cfg) / "checkpoint.pt", ktrain.run_key(cfg)
+    state = kloop.load_checkpoint(
+        kruns.run_dir(cfg) / "checkpoint.pt", kruns.run_key(cfg)
     )
     assert state["epoch"] == epoch
     return state["distiller"]

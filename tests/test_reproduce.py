@@ -10,8 +10,12 @@ import pytest
 
 import kdutils as kd
 from kdutils import reproduce as rep
+from kdutils import runs as kruns
 from kdutils import train as ktrain
 from kdutils.cli import main
+from kdutils.reproduce import executors as rep_executors
+from kdutils.reproduce import report as rep_report
+from kdutils.reproduce import rows as rep_rows
 
 # Tiny runs: scikit-learn's digits, resnet8 teacher and student, 2 epochs.
 DIGITS = dict(
@@ -152,13 +156,13 @@ def test_reproduce_resumes_without_training_again(tmp_path, capsys, monkeypatch)
             raise KeyboardInterrupt  # killed during the second run
         return real_run(cfg, **kw)
 
-    monkeypatch.setattr(rep, "run", interrupted_run)
+    monkeypatch.setattr(rep_rows, "run", interrupted_run)
     with pytest.raises(KeyboardInterrupt):
         rep.reproduce("smoke", [0, 1], **args)
     assert [p.name for p in (tmp_path / "t1" / "runs").iterdir()] == [
         "resnet20-s0.json"
     ]
-    monkeypatch.setattr(rep, "run", real_run)
+    monkeypatch.setattr(rep_rows, "run", real_run)
     capsys.readouterr()
     first = rep.reproduce("smoke", [0, 1], **args)
     printed = capsys.readouterr().out
@@ -194,7 +198,7 @@ def test_pipeline_rows_run_resume_and_restart_where_they_stopped(
             trained.append(cfg.name)
         return res
 
-    monkeypatch.setattr(rep, "run", counting_run)
+    monkeypatch.setattr(rep_rows, "run", counting_run)
     with pytest.raises(KeyboardInterrupt):
         rep.reproduce("smoke", [0], **args)
     assert trained == ["ce-resnet14-digits-s0", f"kd-resnet14-{ASSISTANT}-digits-s0"]
@@ -220,7 +224,7 @@ def test_pipeline_rows_run_resume_and_restart_where_they_stopped(
         takd_cfg.replace(student=ASSISTANT, seed=0, eval_every=takd_cfg.epochs)
     )
     saved = kd.Result.load(tmp_path / "t1" / "runs" / "takd-s0.json")
-    assert saved.config["teacher_runs"] == [ktrain.run_id(assistant)]
+    assert saved.config["teacher_runs"] == [kruns.run_id(assistant)]
     assert saved.config["teacher"] == ASSISTANT and saved.config["method"] == "kd"
     altkd_cfg = rows["ALTKD"].config("smoke", 0, **PIPE)
     teachers = [
@@ -228,7 +232,7 @@ def test_pipeline_rows_run_resume_and_restart_where_they_stopped(
         for t in ("resnet14", ASSISTANT)
     ]
     saved = kd.Result.load(tmp_path / "t1" / "runs" / "altkd-s0.json")
-    assert saved.config["teacher_runs"] == [ktrain.run_id(t) for t in teachers]
+    assert saved.config["teacher_runs"] == [kruns.run_id(t) for t in teachers]
     assert saved.config["method"] == "amtmlkd"
     table = {t["row"]: t for t in out["table"]}
     assert table["TAKD"]["model"] == "resnet8" and len(table["ALTKD"]["accs"]) == 1
@@ -243,7 +247,7 @@ def test_pipeline_rows_run_resume_and_restart_where_they_stopped(
 
 def test_a_pipeline_row_is_stale_when_its_stages_change_not_the_code():
     row = {r.row: r for r in rep.table1_rows()}["TAKD"]
-    task = rep._Task(row, 0, row.config("smoke", 0))
+    task = rep_executors._Task(row, 0, row.config("smoke", 0))
     final = task.final.to_dict()
     (run,) = final["teacher_runs"]
 
@@ -341,8 +345,8 @@ def test_welch_p_value_matches_scipy_formula():
     va, vb = np.var(a, ddof=1) / 3, np.var(b, ddof=1) / 4
     t = (np.mean(a) - np.mean(b)) / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va**2 / 2 + vb**2 / 3)
-    assert rep._welch_greater(a, b) == pytest.approx(stats.t.sf(t, df))
-    assert math.isnan(rep._welch_greater([1.0], [2.0, 3.0]))
+    assert rep_report._welch_greater(a, b) == pytest.approx(stats.t.sf(t, df))
+    assert math.isnan(rep_report._welch_greater([1.0], [2.0, 3.0]))
 
 
 # Ray: a local instance on the CPU, workers with their own cache
@@ -415,7 +419,6 @@ def test_fsp_first_stage_is_scaled_to_the_profile_schedule():
     assert row.config("paper", 0, epochs=120).method_args["init_epochs"] == 15
     assert row.config("quick", 0, init_epochs=4).method_args["init_epochs"] == 4
     # Rows without schedule-length settings are untouched.
-    assert rep.scaled_row_args("kd", 8) == {}
     kd_row = next(r for r in rep.table1_rows() if r.row == "KD")
     assert kd_row.config("quick", 0) == kd.make_config("quick", method="kd", seed=0)
 
@@ -436,19 +439,21 @@ def test_eta_counts_runs_to_train_at_their_rows_recorded_times(monkeypatch):
 
     def task(row, seed):
         cfg = kd.make_config("smoke", method="ce", seed=seed)
-        return rep._Task(rows[row], seed, cfg, plan=[cfg])
+        return rep_executors._Task(rows[row], seed, cfg, plan=[cfg])
 
     known = {("KD", 0): result(100.0), ("KD", 1): result(140.0), ("AT", 0): result(60)}
     left = [task("KD", 2), task("AT", 1), task("CRD", 0)]
     cached = {"AT s1"}
-    monkeypatch.setattr(rep, "_in_cache", lambda t: t.label in cached)
+    monkeypatch.setattr(rep_executors, "_in_cache", lambda t: t.label in cached)
     # KD s2 at KD's mean (120), AT s1 from the cache (0), CRD at the mean of all (100).
-    eta, n_train = rep._eta_seconds(left, known)
+    eta, n_train = rep_executors._eta_seconds(left, known)
     assert eta == pytest.approx(220.0) and n_train == 2
-    assert rep._eta_seconds(left, known, parallel=2)[0] == pytest.approx(110.0)
-    assert rep._eta_seconds(left, {}) == (None, 2)  # nothing timed yet
+    assert rep_executors._eta_seconds(left, known, parallel=2)[0] == pytest.approx(
+        110.0
+    )
+    assert rep_executors._eta_seconds(left, {}) == (None, 2)  # nothing timed yet
     cached.update({"KD s2", "CRD s0"})
-    assert rep._eta_seconds(left, {}) == (0.0, 0)  # all from the cache
+    assert rep_executors._eta_seconds(left, {}) == (0.0, 0)  # all from the cache
 
 
 def test_reproduce_under_bf16_keeps_its_own_runs_and_folder(
@@ -465,9 +470,9 @@ def test_reproduce_under_bf16_keeps_its_own_runs_and_folder(
     # TAKD's student was taught by the assistant trained under bf16, itself
     # taught by the teacher trained under bf16.
     (assistant_id,) = saved["takd-s0.json"].config["teacher_runs"]
-    assistant = ktrain.load_run(assistant_id)
+    assistant = kruns.load_run(assistant_id)
     assert assistant.provenance["amp"] == "bf16"
-    assert assistant.teacher["key"] == ktrain.run_key(
+    assert assistant.teacher["key"] == kruns.run_key(
         kd.teacher_config(assistant.cfg), amp="bf16"
     )
     md = (folder / "table.md").read_text()
@@ -500,10 +505,10 @@ def test_a_ray_worker_under_bf16_uses_the_shipped_bf16_teacher(
     monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "driver"))
     cfg = {r.row: r for r in rep.table1_rows()}["KD"].config("smoke", 0, **DIGITS)
     teacher = ktrain.run(kd.teacher_config(cfg), progress=False, amp="bf16")
-    blob = rep._export_run(teacher)
+    blob = rep_executors._export_run(teacher)
     monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "worker"))
     capsys.readouterr()
-    text, _ = rep._ray_worker(
+    text, _ = rep_executors._ray_worker(
         cfg.to_dict(), [(kd.teacher_config(cfg).to_dict(), blob)], False, amp="bf16"
     )
     res = kd.Result(**json.loads(text))

@@ -88,7 +88,7 @@ def test_rank_agreement_is_kendalls_tau():
 
 def test_book_runs_keeps_only_runs_the_current_code_loads(tmp_path, monkeypatch):
     import kdutils as kd
-    from kdutils import train as ktrain
+    from kdutils import runs as kruns
 
     monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path))
     cfg = kd.make_config(
@@ -98,9 +98,7 @@ def test_book_runs_keeps_only_runs_the_current_code_loads(tmp_path, monkeypatch)
     assert [r.name for r in ks.book_runs("smoke")] == [res.name]
     assert ks.book_runs("quick") == []
     # a run of other code: same config, a folder under another key
-    stale = ktrain.cache_dir() / "runs" / f"{cfg.name}-000000000000"
+    stale = kruns.cache_dir() / "runs" / f"{cfg.name}-000000000000"
     stale.mkdir()
-    (stale / "result.json").write_text(
-        (ktrain.run_dir(cfg) / "result.json").read_text()
-    )
+    (stale / "result.json").write_text((kruns.run_dir(cfg) / "result.json").read_text())
     assert [r.name for r in ks.book_runs("smoke")] == [res.name]

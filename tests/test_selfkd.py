@@ -19,6 +19,8 @@ from training_stops import interrupt as _interrupt
 
 import kdutils as kd
 from kdutils import data as kdata
+from kdutils import loop as kloop
+from kdutils import runs as kruns
 from kdutils import train as ktrain
 from kdutils.losses import (
     bake_targets,
@@ -346,7 +348,7 @@ def test_run_saves_the_plain_student(digits_config, name):
     res = kd.run(cfg, progress=False)
     model = res.load_model()
     assert type(model) is type(kd.create_model("resnet8"))
-    test = ktrain.load_split(cfg, train=False)
+    test = kloop.load_split(cfg, train=False)
     ev = kd.evaluate(model, test)
     assert ev["acc"] == pytest.approx(res.test_acc)
     assert {"train_ce", "train_kd"} <= set(res.history[0])
@@ -375,8 +377,8 @@ def test_a_killed_byot_run_resumes_exactly_with_its_exits(
         _interrupt(m, epoch=1, after=2)
         with pytest.raises(KeyboardInterrupt):
             kd.run(cfg, progress=False)
-    state = ktrain.load_checkpoint(
-        ktrain.run_dir(cfg) / "checkpoint.pt", ktrain.run_key(cfg)
+    state = kloop.load_checkpoint(
+        kruns.run_dir(cfg) / "checkpoint.pt", kruns.run_key(cfg)
     )["distiller"]
     assert "exits.0.fc.weight" in state
     capsys.readouterr()
@@ -403,7 +405,7 @@ def test_born_again_chains_generations_through_teacher_runs(digits_config, capsy
     for prev, res in zip(results, results[1:], strict=False):
         c = res.cfg
         assert c.method == "kd" and c.student == c.teacher == cfg.student
-        assert c.teacher_runs == (ktrain.run_id(prev),)
+        assert c.teacher_runs == (kruns.run_id(prev),)
         assert c.method_args == {"T": 1.0, "ce_weight": 0.0, "kd_weight": 1.0}
         assert res.teacher["key"] == prev.key
     out = capsys.readouterr().out

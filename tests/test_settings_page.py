@@ -8,7 +8,6 @@ compared with what kdutils computes, so the page cannot drift from the code.
 from __future__ import annotations
 
 import inspect
-import json
 import re
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import pytest
 import kdutils as kd
 from kdutils.config import make_config
 from kdutils.data import DATASETS
-from kdutils.reproduce import _PIPELINES, table1_rows
-from kdutils.train import _make_optimizer
+from kdutils.loop import make_optimizer
+from kdutils.reproduce import table1_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ("smoke", "quick", "paper")
@@ -80,26 +79,21 @@ def kdutils_values() -> dict[str, dict[str, object]]:
             t.setdefault(f, {})[p] = getattr(c, f)
         info = DATASETS[c.dataset]
         t.setdefault("normalisation", {})[p] = (info.mean, info.std)
-        opt, _ = _make_optimizer(kd.build("ce", kd.create_model("resnet8")), c)
+        opt, _ = make_optimizer(kd.build("ce", kd.create_model("resnet8")), c)
         t.setdefault("optimizer", {})[p] = type(opt).__name__
         t.setdefault("nesterov", {})[p] = opt.defaults["nesterov"]
         t.setdefault("precision", {})[p] = "float32" if amp is None else amp
-        t.setdefault("takd.assistants", {})[p] = _PIPELINES["takd"][p]
-        t.setdefault("amtmlkd.teachers", {})[p] = _PIPELINES["multi_teacher"][p]
+        t.setdefault("takd.assistants", {})[p] = kd.profiles.pipeline_models("takd", p)
+        t.setdefault("amtmlkd.teachers", {})[p] = kd.profiles.pipeline_models(
+            "multi_teacher", p
+        )
         for r in table1_rows():
             if r.family != "direct training":
                 for k, v in r.config(p, 0).method_args.items():
                     t.setdefault(f"{r.method}.{k}", {})[p] = v
-    # seeds: chapter 13's settings cell (the reproduction's seeds per profile)
-    nb = json.loads((ROOT / "notebooks" / "13_comparison.ipynb").read_text())
-    src = next(
-        s
-        for s in ("".join(c["source"]) for c in nb["cells"])
-        if "seeds=" in s and "settings" in s
-    )
-    settings = eval(re.search(r"settings\s*=\s*(\{.*?\n\})", src, re.S).group(1))
+    # seeds: chapter 13's settings in the profile table (the reproduction's)
     for p in PROFILES:
-        t.setdefault("seeds", {})[p] = settings[p]["seeds"]
+        t.setdefault("seeds", {})[p] = kd.profiles.chapter("13_comparison", p)["seeds"]
     return t
 
 

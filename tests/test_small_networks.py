@@ -9,7 +9,7 @@ from torch import nn
 
 import kdutils as kd
 from kdutils.distillers.small import ESKD
-from kdutils.train import run_id
+from kdutils.runs import run_id
 
 CLASSES = 10
 

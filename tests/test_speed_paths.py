@@ -17,7 +17,9 @@ import torch
 
 import kdutils as kd
 from kdutils import data as kdata
-from kdutils import train as ktrain
+from kdutils import loop as kloop
+from kdutils import runs as kruns
+from kdutils import teachers as kteachers
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -32,11 +34,11 @@ def _digits(n=64):
 
 def test_amp_values_are_checked():
     with pytest.raises(ValueError, match="amp must be"):
-        ktrain.check_amp("fp8")
+        kloop.check_amp("fp8")
     with pytest.raises(ValueError, match="needs a CUDA device"):
-        ktrain.check_amp("fp16", "cpu")
-    ktrain.check_amp(None, "cpu")
-    ktrain.check_amp("bf16", "cpu")
+        kloop.check_amp("fp16", "cpu")
+    kloop.check_amp(None, "cpu")
+    kloop.check_amp("bf16", "cpu")
 
 
 def test_run_refuses_bad_amp_and_compile_before_training(digits_config):
@@ -47,19 +49,19 @@ def test_run_refuses_bad_amp_and_compile_before_training(digits_config):
         kd.run(cfg, compile="yes", progress=False)
     with pytest.raises(ValueError, match="needs a CUDA device"):
         kd.run(cfg, amp="fp16", device="cpu", progress=False)
-    assert not ktrain.run_dir(cfg).exists()
+    assert not kruns.run_dir(cfg).exists()
 
 
 def test_amp_enters_the_run_key_like_channels_last(digits_config):
     cfg = digits_config(method="ce")
     keys = {
-        ktrain.run_key(cfg),
-        ktrain.run_key(cfg, channels_last=False),
-        ktrain.run_key(cfg, amp="bf16"),
-        ktrain.run_key(cfg, amp="fp16"),
+        kruns.run_key(cfg),
+        kruns.run_key(cfg, channels_last=False),
+        kruns.run_key(cfg, amp="bf16"),
+        kruns.run_key(cfg, amp="fp16"),
     }
     assert len(keys) == 4
-    assert ktrain.run_key(cfg, amp=None) == ktrain.run_key(cfg)
+    assert kruns.run_key(cfg, amp=None) == kruns.run_key(cfg)
 
 
 def test_a_bf16_run_is_recorded_and_cached_apart(digits_config, capsys):
@@ -69,7 +71,7 @@ def test_a_bf16_run_is_recorded_and_cached_apart(digits_config, capsys):
     assert plain.provenance["amp"] is None and mixed.provenance["amp"] == "bf16"
     assert plain.key != mixed.key and plain.path != mixed.path
     # Its teacher is a bf16 run too, trained once and then shared.
-    assert mixed.teacher["key"] == ktrain.run_key(kd.teacher_config(cfg), amp="bf16")
+    assert mixed.teacher["key"] == kruns.run_key(kd.teacher_config(cfg), amp="bf16")
     for res in (plain, mixed):
         assert all(torch.isfinite(torch.tensor(h["train_ce"])) for h in res.history)
     capsys.readouterr()
@@ -95,7 +97,7 @@ def test_a_failing_compile_falls_back_with_a_printed_line(monkeypatch, capsys):
         )
 
     monkeypatch.setattr(torch.nn.Module, "compile", broken)
-    done = ktrain._compile_teacher(distiller, loader, True, 10**6)
+    done = kteachers.compile_teacher(distiller, loader, True, 10**6)
     assert done.startswith("failed: RuntimeError: no compiler here")
     assert "running it uncompiled" in capsys.readouterr().out
     # The teacher works uncompiled afterwards.
@@ -116,7 +118,7 @@ def test_a_compiled_teacher_gives_the_eager_logits():
     loader = kdata.Loader(data, 16, shuffle=False)  # batches of 16, 16, 8
     x = next(iter(loader))[0]
     eager = distiller.teacher_outputs(x)["logits"]
-    assert ktrain._compile_teacher(distiller, loader, True, 10**6) == "yes"
+    assert kteachers.compile_teacher(distiller, loader, True, 10**6) == "yes"
     torch.testing.assert_close(
         distiller.teacher_outputs(x)["logits"], eager, atol=1e-4, rtol=1e-4
     )
@@ -125,7 +127,7 @@ def test_a_compiled_teacher_gives_the_eager_logits():
 _COMPILE_CHILD = """
 import torch
 import kdutils as kd
-from kdutils import data as kdata, train as ktrain
+from kdutils import data as kdata, teachers as kteachers
 torch.manual_seed(0)
 teacher = kd.create_model("resnet8", 10, 1).eval()
 distiller = kd.build("kd", kd.create_model("resnet8", 10, 1), teacher)
@@ -134,7 +136,7 @@ loader = kdata.Loader(kdata.TensorData(d.images[:40], d.labels[:40], "digits"),
                       16, shuffle=False)
 x = next(iter(loader))[0]
 eager = distiller.teacher_outputs(x)["logits"]
-assert ktrain._compile_teacher(distiller, loader, True, 10**6) == "yes"
+assert kteachers.compile_teacher(distiller, loader, True, 10**6) == "yes"
 torch.testing.assert_close(distiller.teacher_outputs(x)["logits"], eager,
                            atol=1e-4, rtol=1e-4)
 import os; print("cache", os.environ["TORCHINDUCTOR_CACHE_DIR"])
@@ -229,7 +231,7 @@ def _one_step(amp, channels_last):
     )
     x = next(iter(loader))[0]
     assert x.is_contiguous(memory_format=fmt)
-    history = ktrain.fit(distiller, loader, data, cfg, progress=False, amp=amp)
+    history = kloop.fit(distiller, loader, data, cfg, progress=False, amp=amp)
     return history[-1]
 
 
@@ -250,5 +252,5 @@ def test_an_fp16_checkpoint_keeps_the_gradient_scaler(tmp_path):
     cfg = kd.make_config("smoke", method="ce", dataset="digits", epochs=1)
     loader = kdata.Loader(data, 16, device="cuda")
     ckpt = Path(tmp_path) / "checkpoint.pt"
-    ktrain.fit(distiller, loader, data, cfg, ckpt, key="k", progress=False, amp="fp16")
-    assert "scaler" in ktrain.load_checkpoint(ckpt, "k")
+    kloop.fit(distiller, loader, data, cfg, ckpt, key="k", progress=False, amp="fp16")
+    assert "scaler" in kloop.load_checkpoint(ckpt, "k")

@@ -17,7 +17,11 @@ from training_stops import interrupt as _interrupt
 
 import kdutils as kd
 from kdutils import data as kdata
+from kdutils import loop as kloop
+from kdutils import models as kmodels
+from kdutils import provenance as kprovenance
 from kdutils import runs as kruns
+from kdutils import teachers as kteachers
 from kdutils import train as ktrain
 from kdutils.config import Config, teacher_config
 from kdutils.distillers import Distiller
@@ -62,16 +66,18 @@ def test_run_trains_and_writes_a_result_with_provenance(
     assert (folder / "result.json").exists() and (folder / "model.pt").exists()
     assert not (folder / "checkpoint.pt").exists()  # finished runs keep no checkpoint
     assert Result.load(folder / "result.json") == res
-    assert res.cfg == cfg and res.key == ktrain.run_key(cfg)
+    assert res.cfg == cfg and res.key == kruns.run_key(cfg)
     assert [h["epoch"] for h in res.history] == [1, 2]
     assert all(0.0 <= h["test_acc"] <= 1.0 for h in res.history)
     assert res.test_acc == res.history[-1]["test_acc"]
-    assert res.final["params"] == kd.num_params(ktrain.build_model("resnet8", "digits"))
+    assert res.final["params"] == kd.num_params(
+        kmodels.build_model("resnet8", "digits")
+    )
     p = res.provenance
     assert "git_commit" in p
     assert p["torch"] == torch.__version__
-    assert p["device"].startswith(ktrain.default_device().type)
-    assert p["code_hash"] == ktrain.code_hash()
+    assert p["device"].startswith(kloop.default_device().type)
+    assert p["code_hash"] == kprovenance.code_hash()
     assert datetime.fromisoformat(p["date"]).tzinfo is not None
     assert p["wall_seconds"] >= 0
 
@@ -81,7 +87,7 @@ def test_the_saved_model_is_the_one_that_was_evaluated(digits_config):
     res = kd.run(cfg, progress=False)
     model = res.load_model()
     assert not model.training
-    test = ktrain.load_split(cfg, train=False)
+    test = kloop.load_split(cfg, train=False)
     assert len(test) == cfg.test_subset
     ev = kd.evaluate(model, test)
     assert ev["acc"] == pytest.approx(res.test_acc)
@@ -114,9 +120,9 @@ def test_kd_trains_its_teacher_once_and_shares_it(digits_config, capsys):
     out = capsys.readouterr().out
     t_cfg = teacher_config(cfg)
     assert out.count("[train]") == 2 and t_cfg.name in out
-    assert res.teacher["key"] == ktrain.run_key(t_cfg)
+    assert res.teacher["key"] == kruns.run_key(t_cfg)
     assert res.teacher["name"] == t_cfg.name
-    assert ktrain.run_dir(t_cfg).joinpath("result.json").exists()
+    assert kruns.run_dir(t_cfg).joinpath("result.json").exists()
     kd.run(cfg.replace(seed=1, method_args={"T": 2.0}), progress=False)
     out = capsys.readouterr().out
     assert f"[cache] {t_cfg.name}" in out and out.count("[train]") == 1
@@ -157,14 +163,14 @@ def test_every_config_field_but_the_measured_ones_changes_the_key(digits_config)
     cfg = digits_config(method="kd")
     fields = {f.name for f in dataclasses.fields(Config)}
     assert set(_CHANGES) == fields, "give every Config field a value to test here"
-    keys = {ktrain.run_key(cfg)}
+    keys = {kruns.run_key(cfg)}
     for name, changes in _CHANGES.items():
         changed = cfg.replace(**changes)
         assert getattr(changed, name) != getattr(cfg, name), name
         if name in MEASURED_ONLY:
-            assert ktrain.run_key(changed) == ktrain.run_key(cfg), name
+            assert kruns.run_key(changed) == kruns.run_key(cfg), name
         else:
-            keys.add(ktrain.run_key(changed))
+            keys.add(kruns.run_key(changed))
     assert len(keys) == len(_CHANGES) - len(MEASURED_ONLY) + 1
 
 
@@ -180,19 +186,19 @@ def test_a_version_bump_changes_the_key_and_is_never_served_from_cache(
     ):
         with monkeypatch.context() as m:
             bump(m)
-            assert ktrain.run_key(cfg) != first.key
+            assert kruns.run_key(cfg) != first.key
             capsys.readouterr()
             second = kd.run(cfg, progress=False)
             out = capsys.readouterr().out
             assert "[train]" in out and "[cache]" not in out
             assert Path(second.path) != Path(first.path)
-    assert ktrain.run_key(cfg) == first.key
+    assert kruns.run_key(cfg) == first.key
 
 
 def test_editing_a_source_file_changes_no_key(digits_config, monkeypatch):
     """A refactor, a log line, a new method in a family's module: no key moves."""
     cfgs = [digits_config(method=m) for m in ("kd", "fitnet", "rkd", "dml", "ce")]
-    before = [ktrain.run_key(c) for c in cfgs]
+    before = [kruns.run_key(c) for c in cfgs]
 
     class Newcomer(kd.Distiller):
         """A method added to the logit family's module."""
@@ -202,8 +208,8 @@ def test_editing_a_source_file_changes_no_key(digits_config, monkeypatch):
 
     Newcomer.__module__ = kd.METHODS["kd"].__module__
     monkeypatch.setitem(kd.METHODS, "newcomer", Newcomer)
-    monkeypatch.setattr(ktrain, "code_hash", lambda method="ce": "0" * 16)
-    assert [ktrain.run_key(c) for c in cfgs] == before
+    monkeypatch.setattr(kprovenance, "code_hash", lambda method="ce": "0" * 16)
+    assert [kruns.run_key(c) for c in cfgs] == before
 
 
 def test_a_users_own_method_is_keyed_by_its_source(digits_config, monkeypatch):
@@ -218,20 +224,20 @@ def test_a_users_own_method_is_keyed_by_its_source(digits_config, monkeypatch):
         scale = 2
 
     monkeypatch.setitem(kd.METHODS, "mine", Mine)
-    key = ktrain.run_key(digits_config(method="mine"))
-    assert ktrain.run_key(digits_config(method="mine")) == key
+    key = kruns.run_key(digits_config(method="mine"))
+    assert kruns.run_key(digits_config(method="mine")) == key
     monkeypatch.setitem(kd.METHODS, "mine", MineEdited)
-    assert ktrain.run_key(digits_config(method="mine")) != key
+    assert kruns.run_key(digits_config(method="mine")) != key
 
 
 def test_code_hash_follows_the_training_sources(tmp_path, monkeypatch):
     pkg = tmp_path / "kdutils"
-    shutil.copytree(ktrain._PKG, pkg, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(ktrain, "_PKG", pkg)
-    base = ktrain.code_hash("kd")
-    assert base == ktrain.code_hash("kd")
+    shutil.copytree(kprovenance._PKG, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(kprovenance, "_PKG", pkg)
+    base = kprovenance.code_hash("kd")
+    assert base == kprovenance.code_hash("kd")
     for rel in (
-        "losses/output.py",
+        "losses/traditional.py",
         "distillers/traditional.py",
         "distillers/base.py",
         "train.py",
@@ -241,19 +247,19 @@ def test_code_hash_follows_the_training_sources(tmp_path, monkeypatch):
         f = pkg / rel
         original = f.read_text()
         f.write_text(original + "\n# changed\n")
-        assert ktrain.code_hash("kd") != base, rel
+        assert kprovenance.code_hash("kd") != base, rel
         f.write_text(original)
-    assert ktrain.code_hash("kd") == base
+    assert kprovenance.code_hash("kd") == base
     # Plotting, and other families' modules, do not change what a kd run computes.
     (pkg / "plots.py").write_text("# plotting does not change what a run computes\n")
     (pkg / "losses" / "relation.py").write_text("# another family's losses\n")
-    assert ktrain.code_hash("kd") == base
+    assert kprovenance.code_hash("kd") == base
 
 
 def test_method_sources_follow_the_distillers_imports():
-    files = ktrain.method_sources("kd")
+    files = kprovenance.method_sources("kd")
     assert "distillers/traditional.py" in files
-    assert "distillers/base.py" in files and "losses/output.py" in files
+    assert "distillers/base.py" in files and "losses/traditional.py" in files
     assert "losses/relation.py" not in files
 
 
@@ -290,9 +296,9 @@ def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(
         _interrupt(m, epoch=1, after=2)
         with pytest.raises(KeyboardInterrupt):
             kd.run(cfg, progress=False)
-    folder = ktrain.run_dir(cfg)
+    folder = kruns.run_dir(cfg)
     assert not (folder / "result.json").exists()
-    state = ktrain.load_checkpoint(folder / "checkpoint.pt", ktrain.run_key(cfg))
+    state = kloop.load_checkpoint(folder / "checkpoint.pt", kruns.run_key(cfg))
     assert state["epoch"] == 1
 
     capsys.readouterr()
@@ -312,17 +318,17 @@ def _partial_run(cfg: Config, monkeypatch) -> Path:
         _interrupt(m, epoch=1, after=1)
         with pytest.raises(KeyboardInterrupt):
             kd.run(cfg, progress=False)
-    ckpt = ktrain.run_dir(cfg) / "checkpoint.pt"
+    ckpt = kruns.run_dir(cfg) / "checkpoint.pt"
     assert ckpt.exists()
     return ckpt
 
 
 def test_a_checkpoint_of_another_run_is_refused(digits_config, tmp_path):
     path = tmp_path / "ckpt.pt"
-    ktrain.save_checkpoint(path, {"key": "aaaaaaaaaaaa", "epoch": 1})
-    assert ktrain.load_checkpoint(path, "aaaaaaaaaaaa")["epoch"] == 1
-    with pytest.raises(ktrain.CheckpointError, match="does not belong"):
-        ktrain.load_checkpoint(path, "bbbbbbbbbbbb")
+    kloop.save_checkpoint(path, {"key": "aaaaaaaaaaaa", "epoch": 1})
+    assert kloop.load_checkpoint(path, "aaaaaaaaaaaa")["epoch"] == 1
+    with pytest.raises(kloop.CheckpointError, match="does not belong"):
+        kloop.load_checkpoint(path, "bbbbbbbbbbbb")
 
 
 def test_partial_run_needs_resume_or_restart(
@@ -393,14 +399,14 @@ def test_a_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(
 
     with monkeypatch.context() as m:
         m.setattr(ce_cls, "forward", forward)
-        with pytest.raises(kd.train.NonFiniteLoss) as info:
+        with pytest.raises(kd.loop.NonFiniteLoss) as info:
             kd.run(cfg, progress=False)
     message = str(info.value)
     assert "epoch 2" in message and "step 2" in message and "nan" in message
-    ckpt = ktrain.run_dir(cfg) / "checkpoint.pt"
-    state = ktrain.load_checkpoint(ckpt, ktrain.run_key(cfg))
+    ckpt = kruns.run_dir(cfg) / "checkpoint.pt"
+    state = kloop.load_checkpoint(ckpt, kruns.run_key(cfg))
     assert state["epoch"] == 1 and len(state["history"]) == 1
-    assert not (ktrain.run_dir(cfg) / "result.json").exists()
+    assert not (kruns.run_dir(cfg) / "result.json").exists()
     # The kept checkpoint is good enough to finish the run from.
     res = kd.run(cfg, progress=False)
     assert [h["epoch"] for h in res.history] == [1, 2, 3]
@@ -408,7 +414,7 @@ def test_a_non_finite_loss_stops_with_epoch_and_step_and_keeps_the_checkpoint(
 
 def test_a_huge_learning_rate_is_reported_not_trained_through(digits_config):
     cfg = digits_config(method="ce", epochs=2, lr=1e12, weight_decay=0.0)
-    with pytest.raises(kd.train.NonFiniteLoss, match=r"epoch \d+, step \d+"):
+    with pytest.raises(kd.loop.NonFiniteLoss, match=r"epoch \d+, step \d+"):
         kd.run(cfg, progress=False)
 
 
@@ -459,7 +465,7 @@ def test_a_checkpoint_with_missing_student_weights_is_refused(
     digits_config, monkeypatch
 ):
     cfg = digits_config(method="ce", epochs=2)
-    folder = ktrain.run_dir(cfg)
+    folder = kruns.run_dir(cfg)
     real_iter = kdata.Loader.__iter__
 
     def stop_in_epoch_two(self):
@@ -475,8 +481,8 @@ def test_a_checkpoint_with_missing_student_weights_is_refused(
     ckpt = folder / "checkpoint.pt"
     state = torch.load(ckpt, weights_only=False)
     state["distiller"].pop("student.fc.weight")
-    ktrain.save_checkpoint(ckpt, state)  # a valid file, with its checksum
-    with pytest.raises(ktrain.CheckpointError, match="student.fc.weight"):
+    kloop.save_checkpoint(ckpt, state)  # a valid file, with its checksum
+    with pytest.raises(kloop.CheckpointError, match="student.fc.weight"):
         kd.run(cfg, progress=False)
 
 
@@ -519,7 +525,7 @@ def test_teacher_features_over_the_memory_budget_are_computed_per_batch(
     digits_config, monkeypatch, capsys
 ):
     monkeypatch.setitem(kd.METHODS, "spy", _Spy)
-    monkeypatch.setattr(ktrain, "FEATURE_CACHE_BYTES", 1000)
+    monkeypatch.setattr(kteachers, "FEATURE_CACHE_BYTES", 1000)
     _Spy.seen = []
     kd.run(digits_config(method="spy", epochs=1), progress=False)
     assert "computed on every batch" in capsys.readouterr().out
@@ -531,14 +537,14 @@ def test_teacher_features_over_the_memory_budget_are_computed_per_batch(
 
 def test_a_distilled_run_can_teach_the_next_one(digits_config, capsys):
     assistant = kd.run(digits_config(method="kd"), progress=False)
-    cfg = digits_config(method="kd", teacher_runs=(ktrain.run_id(assistant),))
+    cfg = digits_config(method="kd", teacher_runs=(kruns.run_id(assistant),))
     capsys.readouterr()
     res = kd.run(cfg, progress=False)
     out = capsys.readouterr().out
     assert "[train] ce-" not in out  # no teacher trained alone for this run
     assert res.teacher["name"] == assistant.name
     assert res.teacher["key"] == assistant.key
-    assert ktrain.run_key(cfg) != ktrain.run_key(digits_config(method="kd"))
+    assert kruns.run_key(cfg) != kruns.run_key(digits_config(method="kd"))
     with pytest.raises(ValueError, match="finished runs"):
         kd.teacher_config(cfg)
 
@@ -571,7 +577,7 @@ def test_several_teacher_runs_arrive_as_a_module_list(digits_config, monkeypatch
     teachers = [
         kd.run(digits_config(method="ce", seed=s), progress=False) for s in (0, 1)
     ]
-    ids = tuple(ktrain.run_id(t) for t in teachers)
+    ids = tuple(kruns.run_id(t) for t in teachers)
     res = kd.run(digits_config(method="many", teacher_runs=ids), progress=False)
     assert [t["name"] for t in res.teacher] == [t.name for t in teachers]
 
@@ -585,7 +591,7 @@ def test_a_run_serves_every_request_whose_measurements_it_holds(digits_config, c
     assert [h["test_acc"] is not None for h in first.history] == [False, True] * 2
     trained = _weights(first)  # read now: the same folder is written again below
     dense = sparse.replace(eval_every=1, save_epochs=(1,))
-    assert ktrain.run_dir(dense) == ktrain.run_dir(sparse)
+    assert kruns.run_dir(dense) == kruns.run_dir(sparse)
     capsys.readouterr()
     both = kd.run(dense, progress=False)
     out = capsys.readouterr().out

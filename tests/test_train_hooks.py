@@ -15,6 +15,9 @@ from training_stops import interrupt as _interrupt
 
 import kdutils as kd
 from kdutils import data as kdata
+from kdutils import loop as kloop
+from kdutils import models as kmodels
+from kdutils import runs as kruns
 from kdutils import train as ktrain
 from kdutils.config import Config, teacher_config
 from kdutils.distillers import METHODS, Distiller, register
@@ -177,8 +180,8 @@ def test_a_resumed_run_gets_the_same_scaled_rates_and_weights(
         _interrupt(m, epoch=killed_in, after=2)
         with pytest.raises(KeyboardInterrupt):
             kd.run(cfg, progress=False)
-    state = ktrain.load_checkpoint(
-        ktrain.run_dir(cfg) / "checkpoint.pt", ktrain.run_key(cfg)
+    state = kloop.load_checkpoint(
+        kruns.run_dir(cfg) / "checkpoint.pt", kruns.run_key(cfg)
     )
     assert state["epoch"] == killed_in
     # The checkpoint keeps the scheduler's own rate, never the scaled one.
@@ -199,7 +202,7 @@ def test_metrics_are_recorded_and_never_trained_on(digits_config, hook_methods):
     cfg = digits_config(method="hook-metered", epochs=2)
     res = kd.run(cfg, progress=False)
     plain = kd.run(digits_config(method="ce", epochs=2), progress=False)
-    train = ktrain.load_split(cfg, train=True)
+    train = kloop.load_split(cfg, train=True)
     n, bs = len(train), cfg.batch_size
     sizes = [bs] * (n // bs) + ([n % bs] if n % bs else [])
     for h in res.history:
@@ -230,7 +233,7 @@ def test_metrics_are_recorded_and_never_trained_on(digits_config, hook_methods):
 def test_load_distiller_rebuilds_the_trained_peers(digits_config, monkeypatch):
     cfg = digits_config(method="dml", teacher=None)
     ended: dict[str, torch.Tensor] = {}
-    original_fit = ktrain.fit
+    original_fit = kloop.fit
 
     def spy_fit(distiller, *args, **kwargs):
         history = original_fit(distiller, *args, **kwargs)
@@ -243,7 +246,7 @@ def test_load_distiller_rebuilds_the_trained_peers(digits_config, monkeypatch):
     assert own and all(k.startswith("peers.") for k in own)
     assert set(own) == {k for k in ended if not k.startswith("student.")}
 
-    for source in (res, ktrain.run_id(res)):
+    for source in (res, kruns.run_id(res)):
         d = ktrain.load_distiller(source)
         assert type(d) is METHODS["dml"] and d.teacher is None
         assert not any(m.training for m in d.modules())
@@ -251,7 +254,7 @@ def test_load_distiller_rebuilds_the_trained_peers(digits_config, monkeypatch):
         assert _same_state(d.student.state_dict(), _weights(res))
     # The peers were trained (not their fresh initialisation).
     torch.manual_seed(0)
-    fresh = kd.build("dml", ktrain.build_model("resnet8", "digits"), None)
+    fresh = kd.build("dml", kmodels.build_model("resnet8", "digits"), None)
     assert not torch.equal(fresh.peers[0].fc.weight, d.peers[0].fc.weight)
 
     # A distiller.pt that does not match the method's modules is refused.
@@ -261,7 +264,7 @@ def test_load_distiller_rebuilds_the_trained_peers(digits_config, monkeypatch):
         Path(res.path) / "distiller.pt",
     )
     res.files.pop("distiller.pt")  # not a corrupt file: a well-formed wrong one
-    with pytest.raises(ktrain.CheckpointError, match=dropped.replace(".", r"\.")):
+    with pytest.raises(kloop.CheckpointError, match=dropped.replace(".", r"\.")):
         ktrain.load_distiller(res)
 
 
@@ -276,7 +279,7 @@ def test_a_method_without_modules_of_its_own_writes_no_distiller_pt(
     d = ktrain.load_distiller(res)
     out = capsys.readouterr().out
     assert "[train]" not in out  # the teacher comes from its run, not retrained
-    teacher = ktrain.load_run(Path(ktrain.run_dir(teacher_config(res.cfg))).name)
+    teacher = kruns.load_run(Path(kruns.run_dir(teacher_config(res.cfg))).name)
     assert _same_state(d.teacher.state_dict(), _weights(teacher))
     assert _same_state(d.student.state_dict(), _weights(res))
 
@@ -304,13 +307,13 @@ def test_save_epochs_keeps_the_students_of_those_epochs(
         "model-e2.pt",
         "model.pt",
     ]
-    test = ktrain.load_split(cfg, train=False)
+    test = kloop.load_split(cfg, train=False)
     final = _weights(res)
     kept = {}
     for e in (1, 2):
-        rid = ktrain.run_id(res, epoch=e)
+        rid = kruns.run_id(res, epoch=e)
         assert rid == f"{folder.name}@e{e}"
-        r = ktrain.load_run(rid)
+        r = kruns.load_run(rid)
         assert r.epoch == e and r.name == res.name and f"after epoch {e}" in repr(r)
         model = r.load_model()
         kept[e] = model.state_dict()
@@ -320,7 +323,7 @@ def test_save_epochs_keeps_the_students_of_those_epochs(
         assert ev["acc"] == pytest.approx(r.test_acc, abs=1e-12)
         assert ev["loss"] == pytest.approx(res.history[e - 1]["test_loss"], rel=1e-5)
     assert not _same_state(kept[1], kept[2])
-    assert ktrain.load_run(folder.name).epoch is None
+    assert kruns.load_run(folder.name).epoch is None
 
     # model-e1.pt is the student after epoch 1: the one a run killed at the
     # start of epoch 2 checkpointed; resuming it writes the same later files.
@@ -329,11 +332,11 @@ def test_save_epochs_keeps_the_students_of_those_epochs(
         _interrupt(m, epoch=1, after=0)
         with pytest.raises(KeyboardInterrupt):
             kd.run(cfg, progress=False)
-    ckpt = ktrain.run_dir(cfg) / "checkpoint.pt"
-    state = ktrain.load_checkpoint(ckpt, ktrain.run_key(cfg))["distiller"]
+    ckpt = kruns.run_dir(cfg) / "checkpoint.pt"
+    state = kloop.load_checkpoint(ckpt, kruns.run_key(cfg))["distiller"]
     student = {k.removeprefix("student."): v for k, v in state.items()}
     assert _same_state(student, kept[1])
-    assert not (ktrain.run_dir(cfg) / "model-e2.pt").exists()
+    assert not (kruns.run_dir(cfg) / "model-e2.pt").exists()
     resumed = kd.run(cfg, progress=False)
     assert _same_state(_weights(resumed), final)
     for e in (1, 2):
@@ -346,16 +349,16 @@ def test_a_missing_epoch_is_a_clear_error(digits_config):
     )
     folder = Path(res.path).name
     with pytest.raises(ValueError, match=r"only after epochs \[1, 2\]"):
-        ktrain.load_run(f"{folder}@e7")
+        kruns.load_run(f"{folder}@e7")
     with pytest.raises(ValueError, match=r"only after epochs \[1, 2\]"):
-        ktrain.load_run(f"{folder}@e3")  # the final weights are the plain id
+        kruns.load_run(f"{folder}@e3")  # the final weights are the plain id
     with pytest.raises(ValueError, match="kept no weights after epoch 3"):
-        ktrain.run_id(res, epoch=3)
+        kruns.run_id(res, epoch=3)
     plain = kd.run(digits_config(method="ce", epochs=3, seed=1), progress=False)
     with pytest.raises(ValueError, match=r"\(none\)"):
-        ktrain.load_run(f"{Path(plain.path).name}@e1")
+        kruns.load_run(f"{Path(plain.path).name}@e1")
     with pytest.raises(ValueError, match="not finished in the cache"):
-        ktrain.load_run("ce-nothing-s0-000000000000@e1")
+        kruns.load_run("ce-nothing-s0-000000000000@e1")
 
 
 @pytest.mark.parametrize("bad", [(0,), (4,), (2, 1), (1, 1), (True,), (1.0,)])
@@ -381,13 +384,13 @@ def test_empty_save_epochs_leave_configs_unchanged_and_no_key_moves(digits_confi
     assert saving.to_dict()["save_epochs"] == [1, 2]
     assert Config.from_dict(saving.to_dict()) == saving
     # Kept epochs decide what is saved, not what is computed: one key.
-    assert ktrain.run_key(saving) == ktrain.run_key(cfg)
+    assert kruns.run_key(saving) == kruns.run_key(cfg)
 
 
 def test_an_earlier_epoch_of_a_run_can_teach(digits_config, capsys):
     t_cfg = digits_config(method="ce", epochs=3, save_epochs=(1,))
     teacher = kd.run(t_cfg, progress=False)
-    cfg = digits_config(method="kd", teacher_runs=(ktrain.run_id(teacher, 1),))
+    cfg = digits_config(method="kd", teacher_runs=(kruns.run_id(teacher, 1),))
     capsys.readouterr()
     res = kd.run(cfg, progress=False)
     assert "[train] ce-" not in capsys.readouterr().out
@@ -397,14 +400,14 @@ def test_an_earlier_epoch_of_a_run_can_teach(digits_config, capsys):
     folder = Path(teacher.path)
     assert not (folder / "train_logits.pt").exists()
     cached = _load(folder / "train_logits-e1.pt")
-    train = ktrain.load_split(cfg, train=True)
-    early = ktrain.load_run(ktrain.run_id(teacher, 1)).load_model()
+    train = kloop.load_split(cfg, train=True)
+    early = kruns.load_run(kruns.run_id(teacher, 1)).load_model()
     torch.testing.assert_close(cached, kd.predict_logits(early, train))
     assert not torch.allclose(
         cached, kd.predict_logits(teacher.load_model(), train), atol=1e-3
     )
     # ... and they are what the student was trained with.
-    final_t = digits_config(method="kd", teacher_runs=(ktrain.run_id(teacher),))
+    final_t = digits_config(method="kd", teacher_runs=(kruns.run_id(teacher),))
     other = kd.run(final_t, progress=False)
     assert not _same_state(_weights(other), _weights(res))
     assert (folder / "train_logits.pt").exists()
@@ -423,7 +426,7 @@ def test_a_kept_epoch_is_evaluated_whatever_eval_every(digits_config):
         progress=False,
     )
     assert [h["test_acc"] is None for h in res.history] == [False, True, False]
-    kept = ktrain.load_run(ktrain.run_id(res, 1))
+    kept = kruns.load_run(kruns.run_id(res, 1))
     assert kept.test_acc == res.history[0]["test_acc"]
     assert "after epoch 1: test acc" in repr(kept)
     kept.history[0]["test_acc"] = None  # a run from before kept epochs were evaluated

@@ -1,12 +1,16 @@
 """Distillation methods: the base class, the registry, one module per family."""
 
 # Importing a family's module registers its methods.
+from ..registry import build
 from . import (  # noqa: F401
     adversarial,
     extracting,
+    extracting_learned,
     fitting,
+    fitting_added,
     multi,
     online,
+    online_branches,
     output,
     progressive,
     relation,
@@ -41,13 +45,3 @@ __all__ = [
     "register",
     "build",
 ]
-
-
-def build(name: str, student, teacher=None, **hparams) -> Distiller:
-    """Build a registered method in one line: ``build("kd", s, t, T=4.0)``."""
-    cls = get_method(name)
-    return (
-        cls(student, teacher, **hparams)
-        if cls.needs_teacher
-        else cls(student, **hparams)
-    )

@@ -1,4 +1,4 @@
-"""The Distiller interface and the method registry.
+"""The Distiller interface (the registry it is listed in is ``kdutils.registry``).
 
 A Distiller wraps a student and its teacher(s). ``forward(x, y)`` returns the
 student's logits and a dict of named, already-weighted loss terms; the trainer
@@ -29,6 +29,14 @@ from torch import Tensor, nn
 
 from ..checks import check_weights  # noqa: F401 - kdutils.distillers exports it
 from ..models import capture
+from ..registry import (  # noqa: F401 - kdutils.distillers exports them
+    METHODS,
+    STATUSES,
+    check_status,
+    describe_status,
+    get_method,
+    register,
+)
 
 __all__ = [
     "pretrain",
@@ -42,62 +50,6 @@ __all__ = [
     "check_weights",
     "feature_shapes",
 ]
-
-METHODS: dict[str, type[Distiller]] = {}
-
-
-# Where a method comes from, as ``python -m kdutils methods`` and the chapters say it.
-STATUSES = {
-    "survey": "in the survey, §{section}",
-    "added": "added by this book, beside §{section}",
-    "stand-in": "stand-in, §{section}",
-    "baseline": "baseline, Table 1 (§{section})",
-}
-
-
-def register(
-    name: str, section: str, *, status: str = "survey", note: str = ""
-) -> Callable[[type[Distiller]], type[Distiller]]:
-    """Class decorator: ``@register("kd", section="1")`` adds a method to the registry.
-
-    ``section`` is the survey section the method belongs to (or sits beside);
-    ``status`` says where it comes from (a key of :data:`STATUSES`): described
-    in the survey, added by this book, a stand-in for a survey method (``note``
-    then says which method and how this one differs), or a baseline.
-    """
-    if name != name.lower():
-        raise ValueError(f"registry names are lowercase, got {name!r}")
-    check_status(name, status, note)
-
-    def deco(cls: type[Distiller]) -> type[Distiller]:
-        if name in METHODS:
-            raise ValueError(f"method {name!r} is already registered")
-        cls.method_name, cls.survey_section = name, section
-        cls.status, cls.status_note = status, note
-        METHODS[name] = cls
-        return cls
-
-    return deco
-
-
-def check_status(name: str, status: str, note: str) -> None:
-    """Raise ``ValueError`` for an unknown status or a stand-in without its note."""
-    if status not in STATUSES:
-        raise ValueError(f"status must be one of {', '.join(STATUSES)}, got {status!r}")
-    if status == "stand-in" and not note:
-        raise ValueError(f"stand-in {name!r} must say what it stands for (note=...)")
-
-
-def describe_status(status: str, section: str, note: str = "") -> str:
-    """One line on where a method comes from, e.g. "added by this book, beside §2.2.1"."""
-    text = STATUSES[status].format(section=section)
-    return f"{text}: {note}" if note else text
-
-
-def get_method(name: str) -> type[Distiller]:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}")
-    return METHODS[name]
 
 
 @torch.no_grad()
@@ -144,6 +96,13 @@ class Distiller(nn.Module):
     # ``teacher_outputs`` once for the training set, as for one teacher, only
     # for a method that sets this, whose ``teacher_outputs`` are sample-first.
     precompute_teachers: bool = False
+    # Constructor arguments counted in epochs of the reference recipe
+    # (``kdutils.config.REFERENCE_EPOCHS``, RepDistiller's 240): a pre-training
+    # stage, a warm-up. ``make_config`` scales their defaults to the run's
+    # length (``scale_epochs``), so every profile runs the method's schedule in
+    # proportion and no table outside the method rescales it. A value the user
+    # gives is used as given.
+    epoch_args: tuple[str, ...] = ()
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None = None) -> None:
         super().__init__()

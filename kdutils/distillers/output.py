@@ -2,8 +2,9 @@
 
 Conditional teacher-student learning, dynamic temperature distillation,
 prime-aware adaptive distillation, the triplet loss for KD and uncertainty-aware
-mixup (UNIX). Each hyperparameter's default is the paper's or the authors'
-code's unless its docstring says otherwise.
+mixup (UNIX).
+Each hyperparameter's default is the paper's or the authors' code's unless its
+docstring says otherwise.
 """
 
 from __future__ import annotations

@@ -5,21 +5,25 @@ treats teacher tensors as constants (computed under ``torch.no_grad`` or
 detached); each function matches the reduction and scaling of the original
 authors' reference code, and says so.
 
-One module per kind of knowledge, all re-exported here (``kd.losses.at_loss``):
-``output`` (Hinton's soft targets, section 1), ``improved`` (better output
-losses, 2.1), ``feature`` (fitting feature maps, 2.2.1), ``extract`` (knowledge
-extracted from feature maps, 2.2.2), ``relation`` (structure between samples,
-2.2.3). A method's cached runs depend only on the modules it imports.
+One module per family, all re-exported here (``kd.losses.at_loss``), named
+as the family's distillers are: ``losses/X.py`` holds the losses of
+``distillers/X.py`` (and of its second module ``distillers/X_*.py`` where a
+family has two): ``traditional`` (Hinton's soft targets, section 1),
+``output`` (better output losses, 2.1), ``fitting`` (fitting feature maps,
+2.2.1), ``extracting`` (knowledge extracted from feature maps, 2.2.2),
+``relation`` (structure between samples, 2.2.3; CRD's memory and loss in
+``relation_contrastive``), ``online``, ``selfkd``, ``multi``, ``progressive``
+and ``adversarial`` (2.3.1 to 2.3.5). ``distillers/small.py`` (section 3.2)
+uses ``kd_loss``. A method's cached runs depend only on the modules it
+imports.
 """
 
 from .adversarial import *  # noqa: F403
 from .adversarial import __all__ as _adversarial
-from .extract import *  # noqa: F403
-from .extract import __all__ as _extract
-from .feature import *  # noqa: F403
-from .feature import __all__ as _feature
-from .improved import *  # noqa: F403
-from .improved import __all__ as _improved
+from .extracting import *  # noqa: F403
+from .extracting import __all__ as _extracting
+from .fitting import *  # noqa: F403
+from .fitting import __all__ as _fitting
 from .multi import *  # noqa: F403
 from .multi import __all__ as _multi
 from .online import *  # noqa: F403
@@ -30,15 +34,20 @@ from .progressive import *  # noqa: F403
 from .progressive import __all__ as _progressive
 from .relation import *  # noqa: F403
 from .relation import __all__ as _relation
+from .relation_contrastive import *  # noqa: F403
+from .relation_contrastive import __all__ as _relation_contrastive
 from .selfkd import *  # noqa: F403
 from .selfkd import __all__ as _selfkd
+from .traditional import *  # noqa: F403
+from .traditional import __all__ as _traditional
 
 __all__ = [
+    *_traditional,
     *_output,
-    *_improved,
-    *_feature,
-    *_extract,
+    *_fitting,
+    *_extracting,
     *_relation,
+    *_relation_contrastive,
     *_online,
     *_selfkd,
     *_multi,

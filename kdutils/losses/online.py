@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .output import kd_loss
+from .traditional import kd_loss
 
 __all__ = [
     "dml_kl_losses",

@@ -29,7 +29,8 @@ from ..data import DATASETS
 from ..distillers import get_method
 from ..models import check_model_name, create_model, num_params
 from ..results import Result
-from ..train import run, run_id
+from ..runs import run_id
+from ..train import run
 from .registry import pipeline
 
 __all__ = ["takd", "dgkd", "chain_sizes"]

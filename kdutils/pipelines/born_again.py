@@ -13,8 +13,11 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..config import Config
+from ..inference import predict_logits
+from ..loop import load_split
 from ..results import Result
-from ..train import load_split, predict_logits, run, run_id
+from ..runs import run_id
+from ..train import run
 from .registry import pipeline
 
 __all__ = ["born_again", "generation_ensemble_accuracy"]

@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from ..config import Config, teacher_config
 from ..models import check_model_name
 from ..results import Result
-from ..train import run, run_id
+from ..runs import run_id
+from ..train import run
 from .assistants import _report
 from .registry import pipeline
 

@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 
 from ..config import Config, teacher_config
 from ..results import Result
-from ..train import load_run, run, run_id
+from ..runs import load_run, run_id
+from ..train import run
 from .assistants import _report
 from .registry import pipeline
 

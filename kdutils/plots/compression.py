@@ -16,6 +16,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
+from ..pipelines import pareto_front
+
 __all__ = ["planting_path", "search_front", "pruning_stages", "accuracy_vs_cost"]
 
 # Axis label and scale of each cost.
@@ -93,7 +95,6 @@ def search_front(
     label-only accuracy (``acc_ce``), it is drawn as a hollow marker joined to
     the KD point of the same architecture.
     """
-    from ..pipelines import pareto_front
 
     fig, axes = plt.subplots(1, len(costs), figsize=(5.4 * len(costs), 4.0))
     axes = np.atleast_1d(axes)

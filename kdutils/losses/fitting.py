@@ -3,7 +3,8 @@
 ``L_KD = DF(f_S, f_T)``: a distance between a student feature map (usually
 after a small learned connector) and the teacher's. The connectors
 (regressors, translators, paraphrasers) are modules and live in the
-Distillers (:mod:`kdutils.distillers.fitting`); the functions here are pure.
+Distillers (:mod:`kdutils.distillers.fitting`,
+:mod:`kdutils.distillers.fitting_added`); the functions here are pure.
 """
 
 from __future__ import annotations

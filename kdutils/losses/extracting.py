@@ -1,10 +1,11 @@
 """Losses on knowledge extracted from feature maps: survey section 2.2.2.
 
-Each loss compares a *summary* of feature maps rather than the maps
-themselves (survey Eq. (3)): attention maps (AT), flow matrices between two
-layers (FSP), the distribution of channel activations (NST), channel-weighted
-normalised maps (AFD), attention-weighted matches over all layer pairs (AFM)
-and pooled pyramids of fused features (ReviewKD's HCL).
+The losses of :mod:`kdutils.distillers.extracting`. Each compares a *summary*
+of feature maps rather than the maps themselves (survey Eq. (3)): attention
+maps (AT), flow matrices between two layers (FSP), the distribution of channel
+activations (NST), channel-weighted normalised maps (AFD), attention-weighted
+matches over all layer pairs (AFM) and pooled pyramids of fused features
+(ReviewKD's HCL).
 
 Feature lists are ``feats_s`` / ``feats_t``: one ``(B, C, H, W)`` tensor per
 layer, student first. Where a loss pools, the larger map is adaptive-average

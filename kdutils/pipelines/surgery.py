@@ -1,30 +1,28 @@
-"""Pipelines that adjust the architecture with KD in the loop: survey section 3.1.
+"""Pruning a trained network and recovering it with few-sample KD: survey section 3.1.
 
-Three ways of letting distillation shape the student's architecture, each a
-plain function a user can call with their own configs or models:
+Model surgery on residual networks, and the pipeline that uses it:
 
-- :func:`channel_planting` grows a thin student group by group and keeps a
-  growth only while the KD-trained student improves (Mitsuno et al. 2021).
-- :func:`kd_search` scores candidates of a small search space by a short KD
-  run and by their cost, in the spirit of "search to distill" (Liu et al.
-  2020b); :func:`pareto_front` and :func:`mnas_reward` read the scores.
+- :func:`l1_filter_prune` removes the weakest filters of each block's first
+  convolution (Li et al. 2017); :func:`insert_pointwise` adds a 1x1
+  convolution (:class:`ConvPointwise`) after each convolution of a pruned
+  block, and :func:`absorb_pointwise` merges them back.
+- :func:`fskd_least_squares` fits the 1x1 convolutions to the unpruned
+  network's features by least squares, :func:`recover` by SGD (KD or labels).
 - :func:`prune_and_recover` prunes a trained network, inserts 1x1
   convolutions and recovers it from a few hundred samples with the unpruned
   network as teacher (few-sample KD, Li et al. 2020b).
 
-Every candidate of the first two is an ordinary cached :func:`kdutils.run`
-(a model named by depth and widths, see :func:`kdutils.models.model_name`);
-the pruned network has no name and is trained with :func:`kdutils.fit`.
+The pruned network has no name and is trained with :func:`kdutils.fit`, not
+cached by :func:`kdutils.run`.
+
+Imports: ``kdutils`` modules below ``kdutils.pipelines``, and
+``.candidates`` (for an input shape) and ``.registry`` of this package.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import itertools
-import random
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -32,25 +30,15 @@ from torch import Tensor, nn
 
 from .. import data as kdata
 from ..config import Config
-from ..cost import count_macs, measure_latency
+from ..cost import count_macs
 from ..distillers import build
-from ..models import ResNet, create_model, model_depth, model_name, num_params
-from ..results import Result
-from ..train import evaluate, fit, load_split, predict_logits, run, seed_everything
+from ..inference import evaluate, predict_logits
+from ..loop import fit, load_split, seed_everything
+from ..models import num_params
+from .candidates import _input_shape
 from .registry import pipeline
 
 __all__ = [
-    "Candidate",
-    "Planting",
-    "SearchSpace",
-    "candidate_config",
-    "train_candidate",
-    "channel_planting",
-    "kd_search",
-    "pareto_front",
-    "mnas_reward",
-    "with_latency",
-    "candidates_table",
     "ConvPointwise",
     "l1_filter_prune",
     "insert_pointwise",
@@ -59,381 +47,6 @@ __all__ = [
     "recover",
     "prune_and_recover",
 ]
-
-
-def _input_shape(dataset: str) -> tuple[int, int, int]:
-    info = kdata.DATASETS[dataset]
-    return (info.channels, info.size, info.size)
-
-
-@dataclass
-class Candidate:
-    """One student architecture, its short-run accuracy (%) and its cost.
-
-    ``params`` and ``macs`` are exact counts for one input of the dataset's
-    size; ``latency_ms`` is measured (see :func:`with_latency`) and stays
-    ``None`` until then. ``acc_ce`` is the same short run without a teacher,
-    when the search was asked for that baseline.
-    """
-
-    name: str
-    depth: int
-    widths: tuple[int, int, int, int]
-    dataset: str
-    acc: float
-    params: int
-    macs: int
-    result: Result = field(repr=False)
-    acc_ce: float | None = None
-    result_ce: Result | None = field(default=None, repr=False)
-    latency_ms: float | None = None
-    latency_iqr_ms: float | None = None
-
-    def model(self) -> ResNet:
-        """A freshly initialised model of this architecture (for costs)."""
-        c, _, _ = _input_shape(self.dataset)
-        return create_model(
-            self.name, num_classes=kdata.DATASETS[self.dataset].classes, in_channels=c
-        )
-
-    @property
-    def wall_seconds(self) -> float:
-        """Training time the candidate's run(s) recorded (from the cache too)."""
-        runs = [r for r in (self.result, self.result_ce) if r is not None]
-        return sum(r.provenance.get("wall_seconds", 0.0) for r in runs)
-
-
-def candidate_config(cfg: Config, name: str, epochs: int, method: str | None = None):
-    """``cfg`` with student ``name`` trained for ``epochs`` (a short run).
-
-    The teacher keeps ``cfg``'s training length (``teacher_epochs``), so a
-    short candidate run reuses the teacher that the full-length runs cached.
-    The test set is evaluated only after the last epoch.
-    """
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
-    short = cfg.replace(
-        student=name,
-        epochs=epochs,
-        eval_every=epochs,
-        teacher_epochs=cfg.teacher_epochs or cfg.epochs,
-    )
-    if method is not None and method != cfg.method:
-        short = short.replace(method=method)
-    return short
-
-
-def train_candidate(
-    cfg: Config,
-    depth: int,
-    widths: Sequence[int],
-    epochs: int,
-    baseline: str | None = None,
-    runner: Callable[..., Result] = run,
-) -> Candidate:
-    """Train (or load) one architecture with ``cfg``'s method for ``epochs``.
-
-    ``baseline`` (e.g. ``"ce"``) trains the same architecture a second time
-    with that method, for comparison.
-    """
-    name = model_name(depth, widths)
-    res = runner(candidate_config(cfg, name, epochs), progress=False)
-    res_ce = None
-    if baseline is not None:
-        res_ce = runner(candidate_config(cfg, name, epochs, baseline), progress=False)
-    shape = _input_shape(cfg.dataset)
-    with torch.device("meta"):
-        params = num_params(
-            create_model(name, kdata.DATASETS[cfg.dataset].classes, shape[0])
-        )
-    macs = count_macs(
-        create_model(name, kdata.DATASETS[cfg.dataset].classes, shape[0]), shape
-    )
-    return Candidate(
-        name=name,
-        depth=depth,
-        widths=tuple(int(w) for w in widths),
-        dataset=cfg.dataset,
-        acc=100 * res.test_acc,
-        params=params,
-        macs=macs,
-        result=res,
-        acc_ce=None if res_ce is None else 100 * res_ce.test_acc,
-        result_ce=res_ce,
-    )
-
-
-@dataclass
-class Planting:
-    """The outcome of :func:`channel_planting`.
-
-    ``path``: the accepted students, from the start to the final one.
-    ``rounds``: every round's candidates (one per group). ``stopped``: why the
-    growth ended. ``grown``: the group grown at each kept step.
-    """
-
-    path: list[Candidate]
-    rounds: list[list[Candidate]]
-    stopped: str
-    groups: tuple[tuple[int, ...], ...]
-    step: tuple[int, ...]
-    grown: list[tuple[int, ...]] = field(default_factory=list)
-
-    @property
-    def final(self) -> Candidate:
-        return self.path[-1]
-
-    @property
-    def candidates(self) -> list[Candidate]:
-        """Every architecture trained, the start first."""
-        return [self.path[0], *itertools.chain.from_iterable(self.rounds)]
-
-
-def _check_groups(groups, step) -> tuple[tuple[tuple[int, ...], ...], tuple[int, ...]]:
-    groups = tuple(tuple(int(i) for i in g) for g in groups)
-    if not groups or any(not g for g in groups):
-        raise ValueError(f"groups must be non-empty tuples of width indices: {groups}")
-    flat = [i for g in groups for i in g]
-    if any(i < 0 or i > 3 for i in flat):
-        raise ValueError(
-            f"group indices address the widths (stem, stage1, stage2, stage3) "
-            f"and must be in 0..3, got {groups}"
-        )
-    if len(set(flat)) != len(flat):
-        raise ValueError(f"groups must not overlap, got {groups}")
-    steps = (step,) * len(groups) if isinstance(step, int) else tuple(step)
-    if len(steps) != len(groups):
-        raise ValueError(
-            f"step has {len(steps)} entries but there are {len(groups)} groups"
-        )
-    if any(int(s) < 1 for s in steps):
-        raise ValueError(f"step must be >= 1 channel, got {step}")
-    return groups, tuple(int(s) for s in steps)
-
-
-@pipeline(
-    "channel_planting",
-    section="3.1",
-    status="stand-in",
-    note="Mitsuno et al. 2021: greedy, every candidate trained from scratch "
-    "instead of training only the planted channels",
-)
-def channel_planting(
-    cfg: Config,
-    start: Sequence[int],
-    step: int | Sequence[int] = 4,
-    groups: Sequence[Sequence[int]] = ((0, 1), (2,), (3,)),
-    epochs: int = 3,
-    max_rounds: int = 4,
-    min_gain: float = 0.0,
-    depth: int | None = None,
-    runner: Callable[..., Result] = run,
-) -> Planting:
-    """Grow a thin student channel group by channel group while KD improves it.
-
-    Channel planting (Mitsuno et al. 2021, :cite:`mitsuno2021channel`; survey
-    section 3.1), greedy form: the student's widths ``(stem, stage1, stage2,
-    stage3)`` start at ``start``; each round builds one candidate per group by
-    adding ``step`` channels to every width in that group, trains each with
-    ``cfg``'s method (KD against ``cfg``'s teacher) for ``epochs``, and keeps
-    the most accurate candidate if it beats the current student by more than
-    ``min_gain`` points; otherwise the growth stops. ``groups`` index the four
-    widths; the default ties the stem to stage 1 and treats every stage as a
-    group. Depth is ``cfg.student``'s unless ``depth`` is given.
-
-    Unlike the paper, every candidate is trained from scratch (a cached
-    :func:`kdutils.run`), not by training only the planted channels of the
-    previous network with its weights frozen. Cost: ``1 + rounds * len(groups)``
-    runs of ``epochs`` epochs.
-    """
-    if len(start) != 4 or min(start) < 1:
-        raise ValueError(f"start must be 4 positive widths (stem, s1, s2, s3): {start}")
-    if max_rounds < 1:
-        raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
-    groups_t, steps = _check_groups(groups, step)
-    depth = model_depth(cfg.student) if depth is None else depth
-    current = train_candidate(cfg, depth, start, epochs, runner=runner)
-    path, rounds, grown = [current], [], []
-    stopped = f"reached max_rounds={max_rounds}"
-    for r in range(max_rounds):
-        cands = []
-        for g, s in zip(groups_t, steps, strict=True):
-            widths = [w + s if i in g else w for i, w in enumerate(current.widths)]
-            cands.append(train_candidate(cfg, depth, widths, epochs, runner=runner))
-        rounds.append(cands)
-        i = max(range(len(cands)), key=lambda j: cands[j].acc)  # ties: earlier
-        best = cands[i]
-        if best.acc > current.acc + min_gain:
-            path.append(best)
-            grown.append(groups_t[i])
-            current = best
-        else:
-            stopped = (
-                f"round {r + 1}: no candidate beat {current.name} "
-                f"({current.acc:.2f}%) by more than {min_gain:g} points"
-            )
-            break
-    return Planting(path, rounds, stopped, groups_t, steps, grown)
-
-
-@dataclass(frozen=True)
-class SearchSpace:
-    """CIFAR ResNets of ``depths`` and one width per stage (the stem = stage 1).
-
-    The space is the product ``depths x stage1 x stage2 x stage3``; the
-    default has 3 * 3 * 3 * 3 = 81 architectures, from 5 thousand to 270
-    thousand parameters at 10 classes.
-    """
-
-    depths: tuple[int, ...] = (8, 14, 20)
-    stage_widths: tuple[tuple[int, ...], ...] = ((4, 8, 16), (8, 16, 32), (16, 32, 64))
-
-    def __post_init__(self) -> None:
-        if not self.depths or any((d - 2) % 6 or d < 8 for d in self.depths):
-            raise ValueError(f"depths must be 6n+2 >= 8, got {self.depths}")
-        if len(self.stage_widths) != 3 or any(
-            not ws or min(ws) < 1 for ws in self.stage_widths
-        ):
-            raise ValueError(
-                "stage_widths must be three non-empty tuples of positive widths, "
-                f"got {self.stage_widths}"
-            )
-
-    def architectures(self) -> list[tuple[int, tuple[int, int, int, int]]]:
-        """Every ``(depth, (stem, s1, s2, s3))`` of the space, in a fixed order."""
-        return [
-            (d, (w1, w1, w2, w3))
-            for d in self.depths
-            for w1, w2, w3 in itertools.product(*self.stage_widths)
-        ]
-
-    @property
-    def size(self) -> int:
-        return len(self.depths) * len(list(itertools.product(*self.stage_widths)))
-
-    def sample(self, n: int, seed: int = 0) -> list[tuple[int, tuple[int, ...]]]:
-        """``n`` distinct architectures drawn uniformly (reproducible by ``seed``)."""
-        if not 1 <= n <= self.size:
-            raise ValueError(f"n must be in 1..{self.size} (the space's size), got {n}")
-        return random.Random(seed).sample(self.architectures(), n)
-
-
-@pipeline(
-    "kd_search",
-    section="3.1",
-    status="stand-in",
-    note="Liu et al. 2020b: random search over a small space instead of an "
-    "RL controller with a latency reward",
-)
-def kd_search(
-    cfg: Config,
-    space: SearchSpace | None = None,
-    n: int = 8,
-    epochs: int = 3,
-    seed: int = 0,
-    baseline: str | None = None,
-    runner: Callable[..., Result] = run,
-) -> list[Candidate]:
-    """Random search of student architectures, each scored by a short KD run.
-
-    In the spirit of Liu et al. 2020b (:cite:`liu2020search`, survey section
-    3.1): the reward of an architecture is the accuracy it reaches *when
-    distilled* from ``cfg``'s teacher, not when trained alone. ``n``
-    architectures are drawn uniformly from ``space`` (seeded by ``seed``) and
-    each is trained with ``cfg``'s method for ``epochs`` epochs; ``baseline``
-    (e.g. ``"ce"``) trains each a second time without the teacher, to see
-    whether KD changes the ranking. The paper searches a large mobile space
-    with a reinforcement-learning controller and a latency-aware reward
-    (:func:`mnas_reward`); this is random search over a small space. Costs are
-    attached with :func:`with_latency` and read with :func:`pareto_front`.
-    Cost: ``n`` runs (``2n`` with a baseline) of ``epochs`` epochs.
-    """
-    space = space or SearchSpace()
-    return [
-        train_candidate(cfg, d, w, epochs, baseline=baseline, runner=runner)
-        for d, w in space.sample(n, seed)
-    ]
-
-
-def _value(item: Any, key: str) -> float:
-    v = item[key] if isinstance(item, dict) else getattr(item, key)
-    if v is None:
-        raise ValueError(f"{key} is not set for {item!r} (measure it first)")
-    return float(v)
-
-
-def pareto_front(items: Sequence[Any], cost: str = "macs", score: str = "acc") -> list:
-    """The items no other item beats on both ``cost`` (lower) and ``score`` (higher).
-
-    ``items`` are :class:`Candidate` objects or dicts; returned sorted by cost.
-    An item is on the front when every cheaper-or-equal item scores strictly
-    less (of equal-cost items, the best one is kept).
-    """
-    order = sorted(items, key=lambda it: (_value(it, cost), -_value(it, score)))
-    front, best = [], float("-inf")
-    for it in order:
-        if _value(it, score) > best:
-            front.append(it)
-            best = _value(it, score)
-    return front
-
-
-def mnas_reward(
-    acc: float, latency_ms: float, target_ms: float, w: float = -0.07
-) -> float:
-    """Latency-aware reward ``acc * (latency / target) ** w`` (MnasNet's form).
-
-    Tan et al. 2019 (:cite:`tan2019mnasnet`) with their soft constraint
-    ``w = -0.07``; AKD (Liu et al. 2020b) scores KD-trained students with this
-    reward. Faster-than-target models gain a little, slower ones lose a little.
-    """
-    if latency_ms <= 0 or target_ms <= 0:
-        raise ValueError(
-            f"latency and target must be > 0, got {latency_ms} and {target_ms}"
-        )
-    return acc * (latency_ms / target_ms) ** w
-
-
-def with_latency(
-    candidates: Sequence[Candidate], batch_size: int = 1, repeats: int = 30
-) -> list[Candidate]:
-    """Copies of ``candidates`` with their measured CPU latency (median, IQR).
-
-    The numbers depend on the machine and its load: never compare them across
-    machines, and never assert them.
-    """
-    out = []
-    for c in candidates:
-        lat = measure_latency(
-            c.model(), _input_shape(c.dataset), batch_size=batch_size, repeats=repeats
-        )
-        out.append(
-            dataclasses.replace(
-                c, latency_ms=lat["latency_ms"], latency_iqr_ms=lat["latency_iqr_ms"]
-            )
-        )
-    return out
-
-
-def candidates_table(candidates: Sequence[Candidate]):
-    """A DataFrame: architecture, accuracies, parameters, MACs, latency if known."""
-    import pandas as pd
-
-    rows = []
-    for c in candidates:
-        row = {
-            "student": c.name,
-            "depth": c.depth,
-            "widths": "-".join(map(str, c.widths)),
-            "acc": c.acc,
-        }
-        if c.acc_ce is not None:
-            row["acc_ce"] = c.acc_ce
-        row.update(params=c.params, macs_M=c.macs / 1e6)
-        if c.latency_ms is not None:
-            row["latency_ms"] = c.latency_ms
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 class ConvPointwise(nn.Module):
