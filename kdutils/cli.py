@@ -256,7 +256,12 @@ def _methods() -> int:
     )
     table(
         [
-            (n, describe_status(c.status, c.survey_section), summary(c), c.status_note)
+            (
+                n,
+                describe_status(c.status, c.survey_section, year=c.status_year),
+                summary(c),
+                c.status_note,
+            )
             for n, c in methods
         ],
         "method",

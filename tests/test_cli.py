@@ -62,7 +62,9 @@ def test_python_m_kdutils_methods_lists_every_method_with_its_section():
         i = next((i for i, ln in enumerate(lines) if ln.split()[:1] == [name]), None)
         assert i is not None, f"{name} missing from:\n{proc.stdout}"
         assert "§" + cls.survey_section in lines[i]
-        status = kd.distillers.describe_status(cls.status, cls.survey_section)
+        status = kd.distillers.describe_status(
+            cls.status, cls.survey_section, year=cls.status_year
+        )
         assert status in lines[i]
         if cls.status == "stand-in":
             assert f"stands in for {cls.status_note}" in lines[i + 1]
@@ -84,6 +86,12 @@ def test_python_m_kdutils_methods_lists_every_method_with_its_section():
         ("avgkd", "stand-in, §2.3.3"),
         ("advfeat", "stand-in, §2.3.5"),
         ("fitnet", "in the survey, §2.2.1"),
+        ("dkd", "after the survey (2022), beside §2.1"),
+        ("dist", "after the survey (2022), beside §2.1"),
+        ("nkd", "after the survey (2023), beside §2.1"),
+        ("ctkd", "after the survey (2023), beside §2.1"),
+        ("kd_ls", "after the survey (2024), beside §2.1"),
+        ("dkd_ls", "after the survey (2024), beside §2.1"),
         ("ce", "baseline, Table 1 (§4)"),
         ("pipelines.kd_search", "stand-in, §3.1"),
         ("pipelines.channel_planting", "stand-in, §3.1"),

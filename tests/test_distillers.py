@@ -55,6 +55,27 @@ def test_register_refuses_an_unknown_status_and_a_stand_in_without_note():
     assert "nosuch_status" not in kd.METHODS and "nosuch_note" not in kd.METHODS
 
 
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(status="after"), "must give its year"),
+        (dict(status="after", year="2022"), "must give its year"),
+        (dict(status="after", year=True), "must give its year"),
+        (dict(status="after", note="2022"), "must give its year"),
+        (dict(status="added", year=2022), "only given with status='after'"),
+        (dict(year=2022), "only given with status='after'"),
+    ],
+)
+def test_register_wants_a_year_exactly_for_methods_after_the_survey(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        kd.register("nosuch_year", section="2.1", **kwargs)
+    assert "nosuch_year" not in kd.METHODS
+    with pytest.raises(ValueError, match="year"):
+        kd.distillers.describe_status("after", "2.1")
+    line = kd.distillers.describe_status("after", "2.1", year=2023)
+    assert line == "after the survey (2023), beside §2.1"
+
+
 def test_the_registry_has_the_baselines():
     assert {"ce", "kd"} <= set(kd.METHODS)
 
@@ -67,6 +88,7 @@ def test_method_is_well_formed(name):
     assert cls.survey_section, "every method names its survey section"
     assert cls.status in kd.distillers.STATUSES
     assert bool(cls.status_note) == (cls.status == "stand-in")
+    assert (cls.status_year is not None) == (cls.status == "after")
     assert (cls.__doc__ or "").strip(), "the CLI lists the first docstring line"
 
 

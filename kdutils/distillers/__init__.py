@@ -4,6 +4,7 @@
 from ..registry import build
 from . import (  # noqa: F401
     adversarial,
+    after_survey,
     extracting,
     extracting_learned,
     fitting,

@@ -89,6 +89,7 @@ class Distiller(nn.Module):
     survey_section: str = ""
     status: str = "survey"
     status_note: str = ""
+    status_year: int | None = None  # the year of publication, for status "after"
     needs_teacher: bool = True
     cache_teacher: bool = True
     teacher_layers: tuple[str, ...] = ()

@@ -2,7 +2,7 @@
 
 Conditional teacher-student learning, dynamic temperature distillation,
 prime-aware adaptive distillation, the triplet loss for KD and uncertainty-aware
-mixup (UNIX); beside them, decoupled KD (DKD), published after the survey.
+mixup (UNIX).
 Each hyperparameter's default is the paper's or the authors' code's unless its
 docstring says otherwise.
 """
@@ -13,10 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_int, check_T
+from ..checks import check_T
 from ..losses import (
     conditional_ts_loss,
-    dkd_loss,
     dtd_loss,
     kd_loss,
     mixup_cross_entropy,
@@ -302,56 +301,4 @@ class UNIX(Distiller):
         return logits_all, {
             "ce": self.ce_weight * mixup_cross_entropy(logits_s, y_a, y_b, coef),
             "kd": self.kd_weight * kd_loss(logits_s, logits_t, self.T),
-        }
-
-
-@register("dkd", section="2.1", status="added")
-class DKD(Distiller):
-    """Decoupled knowledge distillation (Zhao et al. 2022).
-
-    ``ce_weight * CE + w(e) * (alpha * TCKD + beta * NCKD)``
-    (:func:`kdutils.losses.dkd_loss`): KD's loss split into how sure the
-    student is of the label (TCKD) and how it ranks the other classes (NCKD),
-    each with its own weight. ``w(e) = min(e / warmup_epochs, 1)`` in epoch
-    ``e`` (counted from 1) ramps the distillation term up, as the authors'
-    trainer does; ``warmup_epochs`` is counted in the reference 240-epoch
-    recipe and scaled to the run (``epoch_args``). Before any epoch (a
-    forward in a test or a notebook) the weight is 1.
-
-    Defaults are the authors' (mdistiller) for CIFAR-100: T = 4, alpha = 1,
-    CE weight 1, a 20-epoch warm-up, and beta = 2.0, their setting for this
-    book's ResNet56 -> ResNet20 pair (8.0 for their other pairs).
-    """
-
-    epoch_args = ("warmup_epochs",)
-
-    def __init__(
-        self,
-        student: nn.Module,
-        teacher: nn.Module,
-        T: float = 4.0,
-        alpha: float = 1.0,
-        beta: float = 2.0,
-        ce_weight: float = 1.0,
-        warmup_epochs: int = 20,
-    ) -> None:
-        check_T(T)
-        check_weights(alpha=alpha, beta=beta, ce_weight=ce_weight)
-        check_int("warmup_epochs", warmup_epochs, 0)
-        super().__init__(student, teacher)
-        self.T, self.alpha, self.beta = T, alpha, beta
-        self.ce_weight, self.warmup_epochs = ce_weight, warmup_epochs
-        self.warmup = 1.0  # w(e) of the current epoch
-
-    def on_epoch(self, epoch: int, epochs: int) -> None:
-        if self.warmup_epochs > 0:
-            self.warmup = min((epoch + 1) / self.warmup_epochs, 1.0)
-
-    def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
-        logits_s = self.student(x)
-        logits_t = _teacher_logits(self, x, teacher_out)
-        dkd = dkd_loss(logits_s, logits_t, y, self.alpha, self.beta, self.T)
-        return logits_s, {
-            "ce": self.ce_weight * F.cross_entropy(logits_s, y),
-            "dkd": self.warmup * dkd,
         }

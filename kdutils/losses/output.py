@@ -23,7 +23,6 @@ __all__ = [
     "prediction_entropy",
     "unix_mixing_weights",
     "mixup_cross_entropy",
-    "dkd_loss",
 ]
 
 
@@ -250,52 +249,3 @@ def mixup_cross_entropy(
     ce_a = F.cross_entropy(logits, y_a, reduction="none")
     ce_b = F.cross_entropy(logits, y_b, reduction="none")
     return ((1 - coef) * ce_a + coef * ce_b).mean()
-
-
-def dkd_loss(
-    logits_s: Tensor,
-    logits_t: Tensor,
-    y: Tensor,
-    alpha: float = 1.0,
-    beta: float = 2.0,
-    T: float = 4.0,
-) -> Tensor:
-    """Decoupled KD: KD's loss split into a target-class and a non-target part.
-
-    ``alpha * TCKD + beta * NCKD``, each ``T**2 * sum_b KL(. || .) / B``:
-
-    - TCKD compares the *binary* distributions ``b = (p(y), 1 - p(y))`` of
-      teacher and student, ``p = softmax(logits / T)``: how sure each is of
-      the label;
-    - NCKD compares the distributions over the *other* classes, renormalised
-      among themselves: what the teacher's "dark knowledge" looks like.
-
-    Hinton's KD equals ``TCKD + (1 - p_t(y)) * NCKD``, so it weighs the
-    non-target part down exactly where the teacher is confident; DKD gives the
-    two parts their own weights. Shapes ``(B, K), (B, K), (B,) -> ()``.
-
-    As in the authors' code (mdistiller, ``dkd_loss``): the binary student
-    distribution is logged without an epsilon, and NCKD removes the target
-    class by subtracting 1000 from its tempered logit before the softmax
-    (not by dropping the column; the two agree to ``exp(-1000)``).
-
-    Reference: ``zhao2022decoupled``; beside survey 2.1 (published after it).
-    """
-    _check_logits("logits_s", logits_s, "logits_t", logits_t)
-    _check_labels(logits_s, y)
-    if T <= 0:
-        raise ValueError(f"temperature T must be > 0, got {T}")
-    target = F.one_hot(y, logits_s.shape[1]).to(logits_s.dtype)  # (B, K)
-    n = logits_s.shape[0]
-
-    def binary(p: Tensor) -> Tensor:  # (B, K) -> (B, 2): p(y), the rest
-        on = (p * target).sum(dim=1, keepdim=True)
-        return torch.cat([on, (p * (1 - target)).sum(dim=1, keepdim=True)], dim=1)
-
-    b_s = binary(F.softmax(logits_s / T, dim=1))
-    b_t = binary(F.softmax(logits_t / T, dim=1))
-    tckd = F.kl_div(torch.log(b_s), b_t, reduction="sum") * T**2 / n
-    log_q_s = F.log_softmax(logits_s / T - 1000.0 * target, dim=1)
-    q_t = F.softmax(logits_t / T - 1000.0 * target, dim=1)
-    nckd = F.kl_div(log_q_s, q_t, reduction="sum") * T**2 / n
-    return alpha * tckd + beta * nckd
