@@ -517,3 +517,32 @@ def test_a_ray_worker_under_bf16_uses_the_shipped_bf16_teacher(
     printed = capsys.readouterr().out
     assert f"[cache] {teacher.name}" in printed  # imported, not trained again
     assert printed.count("[train]") == 1
+
+
+def test_extra_rows_are_the_methods_after_the_survey_beside_table1(tmp_path):
+    """``extra=True`` runs them as rows of their own, written to extra.md and
+    extra.csv; Table 1, its CSV and its conclusions stay as they were."""
+    extra = rep.extra_rows()
+    assert [r.method for r in extra] == [
+        m for m, cls in kd.METHODS.items() if cls.status == "after"
+    ]
+    assert {"dkd", "dist", "nkd"} <= {r.method for r in extra}
+    assert all(
+        r.family == "after the survey" and math.isnan(r.survey_acc) for r in extra
+    )
+    args = dict(out=tmp_path / "t1", overrides=DIGITS)
+    plain = rep.reproduce("smoke", [0], rows=["KD"], **args)
+    table_csv = (tmp_path / "t1" / "table.csv").read_text()
+    out = rep.reproduce("smoke", [0], rows=["KD", "dkd", "dist"], extra=True, **args)
+    assert [t["row"] for t in out["table"]] == ["KD"]  # Table 1 only
+    assert out["table"] == plain["table"]
+    assert (tmp_path / "t1" / "table.csv").read_text() == table_csv
+    assert [t["method"] for t in out["extra"]] == ["dkd", "dist"]
+    md = (tmp_path / "t1" / "extra.md").read_text()
+    kd_mean = out["table"][0]["mean"]
+    for t in out["extra"]:
+        assert (
+            f"| {t['method']} | 1 | {t['mean']:.2f} | {t['mean'] - kd_mean:+.2f} |"
+            in md
+        )
+    assert "dkd" not in (tmp_path / "t1" / "table.md").read_text()

@@ -7,6 +7,8 @@ seed and writes, under ``out``::
     runs/<row>-s<seed>.json   one Result per run (config, history, provenance)
     table.csv, table.md       mean ± std per row, the survey's number, the gap
     conclusions.json          the survey's three conclusions, tested
+    extra.csv, extra.md       with ``extra=True`` (``--extra``): the methods
+                              published after the survey, beside Table 1
 
 Two rows are multi-stage pipelines (the file's ``pipeline`` column): TAKD is
 ``kdutils.pipelines.takd`` (teacher -> assistant -> student, all KD) and ALTKD
@@ -51,11 +53,18 @@ from ..errors import CorruptArtifact
 from ..loop import check_amp
 from ..results import Result, set_aside
 from .executors import EXECUTORS, _eta_seconds, _Task
-from .report import _table_provenance, _write_table, aggregate, check_conclusions
-from .rows import TableRow, table1_rows
+from .report import (
+    _table_provenance,
+    _write_extra,
+    _write_table,
+    aggregate,
+    check_conclusions,
+)
+from .rows import EXTRA_FAMILY, TableRow, extra_rows, table1_rows
 
 __all__ = [
     "TableRow",
+    "extra_rows",
     "table1_rows",
     "reproduce",
     "check_conclusions",
@@ -80,6 +89,7 @@ def reproduce(
     rows: Sequence[str] | None = None,
     overrides: dict[str, Any] | None = None,
     amp: str | None = None,
+    extra: bool = False,
     **executor_args: Any,
 ) -> dict[str, Any]:
     """Run Table 1 and write the per-run results, the table and the conclusions.
@@ -88,8 +98,11 @@ def reproduce(
     ``overrides`` are config overrides for every run (tests use the digits
     data). ``amp`` (``"bf16"``, or ``"fp16"`` on CUDA) trains every run under
     autocast, as ``kd.run(amp=...)``: other runs than the float32 ones, kept
-    by default in ``results/table1/<profile>-<amp>``. Returns ``{"table":
-    [...], "conclusions": {...}, "missing": [...]}``.
+    by default in ``results/table1/<profile>-<amp>``. ``extra`` adds the
+    methods published after the survey (``extra_rows``) as rows of their own,
+    written to ``extra.csv``/``extra.md`` beside the table and never mixed
+    into it or its conclusions. Returns ``{"table": [...], "conclusions":
+    {...}, "missing": [...], "extra": [...]}``.
     """
     check_amp(amp)
     if executor not in EXECUTORS:
@@ -99,7 +112,7 @@ def reproduce(
     seeds = list(dict.fromkeys(int(s) for s in seeds))
     if not seeds:
         raise ValueError("give at least one seed")
-    all_rows = table1_rows()
+    all_rows = table1_rows() + (extra_rows() if extra else [])
     if rows is not None:
         names = {r.row.lower(): r for r in all_rows}
         unknown = [r for r in rows if r.lower() not in names]
@@ -166,13 +179,24 @@ def reproduce(
 
     EXECUTORS[executor](todo, done, **executor_args)
 
-    table = aggregate(all_rows, results)
+    survey_rows = [r for r in all_rows if r.family != EXTRA_FAMILY]
+    table = aggregate(survey_rows, results)
     conclusions = check_conclusions(table)
-    conclusions["provenance"] = _table_provenance(profile, seeds, tasks, results, amp)
+    conclusions["provenance"] = _table_provenance(
+        profile,
+        seeds,
+        [t for t in tasks if t.row.family != EXTRA_FAMILY],
+        results,
+        amp,
+    )
     _write_table(out, table, conclusions, profile, missing)
+    extra_table = aggregate([r for r in all_rows if r.family == EXTRA_FAMILY], results)
+    if extra_table:
+        _write_extra(out, extra_table, table, profile)
     return {
         "table": table,
         "conclusions": conclusions,
         "missing": [r.row for r in missing],
+        "extra": extra_table,
         "out": str(out),
     }

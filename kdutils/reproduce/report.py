@@ -300,3 +300,42 @@ def _write_table(
         out / "conclusions.json",
         json.dumps(conclusions, indent=1, default=str).encode(),
     )
+
+
+def _write_extra(out: Path, extra: list[dict], table: list[dict], profile: str) -> None:
+    """``extra.csv`` and ``extra.md``: the rows beside Table 1 (methods after
+    the survey), each against this reproduction's own KD row when it ran."""
+    import csv
+
+    kd = next((t for t in table if t["row"] == "KD" and t["accs"]), None)
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["row", "method", "model", "seeds", "mean", "std", "vs_kd"])
+    lines = [
+        f"Methods published after the survey, profile `{profile}`: beside Table 1, "
+        "not part of it (the survey has no number for them).",
+        "",
+        "| method | seeds | accuracy (%) | vs this run's KD |",
+        "|---|---|---|---|",
+    ]
+    for t in extra:
+        vs = t["mean"] - kd["mean"] if kd and t["accs"] else math.nan
+        w.writerow(
+            [
+                t["row"],
+                t["method"],
+                t["model"] or "",
+                len(t["accs"]),
+                f"{t['mean']:.2f}",
+                f"{t['std']:.2f}",
+                f"{vs:+.2f}",
+            ]
+        )
+        std = "" if math.isnan(t["std"]) else f" ± {t['std']:.2f}"
+        lines.append(
+            f"| {t['method']} | {len(t['accs'])} | {t['mean']:.2f}{std} | "
+            + ("n/a (KD not run)" if math.isnan(vs) else f"{vs:+.2f}")
+            + " |"
+        )
+    atomic_write_bytes(out / "extra.csv", buf.getvalue().encode())
+    atomic_write_bytes(out / "extra.md", ("\n".join(lines) + "\n").encode())

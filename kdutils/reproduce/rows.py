@@ -167,6 +167,27 @@ def table1_rows() -> list[TableRow]:
     ]
 
 
+EXTRA_FAMILY = "after the survey"
+
+
+def extra_rows() -> list[TableRow]:
+    """Optional rows beside Table 1, never in it: every registered method
+    published after the survey (registry status ``after``), in registry order.
+    They have no survey number (NaN) and run with the profile's defaults, as
+    chapter 15 runs them."""
+    return [
+        TableRow(
+            EXTRA_FAMILY,
+            name,
+            name,
+            math.nan,
+            f"after the survey ({cls.status_year})",
+        )
+        for name, cls in METHODS.items()
+        if cls.status == "after"
+    ]
+
+
 # A run id's cache key (``run_id``: "<name>-<12 hex>", maybe "@e<N>" after).
 _RUN_KEY = re.compile(r"-[0-9a-f]{12}(?=(@e\d+)?$)")
 
