@@ -11,10 +11,10 @@ from __future__ import annotations
 __all__ = ["check_T", "check_int", "check_weights"]
 
 
-def check_T(T: float) -> None:
-    """A softmax temperature: > 0."""
+def check_T(T: float, name: str = "T") -> None:
+    """A softmax temperature (called ``name`` in the message): > 0."""
     if T <= 0:
-        raise ValueError(f"temperature T must be > 0, got {T}")
+        raise ValueError(f"temperature {name} must be > 0, got {T}")
 
 
 def check_int(name: str, value, minimum: int) -> None:

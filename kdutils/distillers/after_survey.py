@@ -21,16 +21,12 @@ from ..losses import (
     ctkd_temperature,
     dist_loss,
     dkd_loss,
-    kd_loss,
     kd_loss_learned_T,
     nkd_loss,
     standardize_logits,
 )
 from .base import Distiller, register
-
-
-def _teacher_logits(d: Distiller, x: Tensor, teacher_out) -> Tensor:
-    return (teacher_out if teacher_out is not None else d.teacher_outputs(x))["logits"]
+from .traditional import KD
 
 
 @register("dkd", section="2.1", status="after", year=2022)
@@ -78,12 +74,18 @@ class DKD(Distiller):
 
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s = self.student(x)
-        logits_t = _teacher_logits(self, x, teacher_out)
-        dkd = dkd_loss(logits_s, logits_t, y, self.alpha, self.beta, self.T)
+        logits_t = self.teacher_logits(x, teacher_out)
+        z_s, z_t = self.distilled_logits(logits_s, logits_t)
+        dkd = dkd_loss(z_s, z_t, y, self.alpha, self.beta, self.T)
         return logits_s, {
             "ce": self.ce_weight * F.cross_entropy(logits_s, y),
             "dkd": self.warmup * dkd,
         }
+
+    def distilled_logits(self, logits_s: Tensor, logits_t: Tensor):
+        """The logits DKD compares (the cross-entropy always sees the
+        student's own): as they are here; standardised in ``dkd_ls``."""
+        return logits_s, logits_t
 
 
 @register("dist", section="2.1", status="after", year=2022)
@@ -120,7 +122,7 @@ class DIST(Distiller):
 
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s = self.student(x)
-        logits_t = _teacher_logits(self, x, teacher_out)
+        logits_t = self.teacher_logits(x, teacher_out)
         return logits_s, {
             "ce": self.ce_weight * F.cross_entropy(logits_s, y),
             "dist": dist_loss(logits_s, logits_t, self.beta, self.gamma, self.tau),
@@ -128,7 +130,7 @@ class DIST(Distiller):
 
 
 @register("kd_ls", section="2.1", status="after", year=2024)
-class KDLS(Distiller):
+class KDLS(KD):
     """KD on standardised logits (Sun et al. 2024): each row z-scored before the softmax.
 
     ``ce_weight * CE + kd_weight * kd_loss(z(l_S), z(l_T), T)`` with
@@ -149,6 +151,8 @@ class KDLS(Distiller):
     ``dkd_ls``).
     """
 
+    version = 1  # its own count, not KD's
+
     def __init__(
         self,
         student: nn.Module,
@@ -157,19 +161,10 @@ class KDLS(Distiller):
         ce_weight: float = 0.1,
         kd_weight: float = 9.0,
     ) -> None:
-        check_T(T)
-        check_weights(ce_weight=ce_weight, kd_weight=kd_weight)
-        super().__init__(student, teacher)
-        self.T, self.ce_weight, self.kd_weight = T, ce_weight, kd_weight
+        super().__init__(student, teacher, T, ce_weight, kd_weight)
 
-    def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
-        logits_s = self.student(x)
-        logits_t = _teacher_logits(self, x, teacher_out)
-        kd = kd_loss(standardize_logits(logits_s), standardize_logits(logits_t), self.T)
-        return logits_s, {
-            "ce": self.ce_weight * F.cross_entropy(logits_s, y),
-            "kd": self.kd_weight * kd,
-        }
+    def distilled_logits(self, logits_s: Tensor, logits_t: Tensor):
+        return standardize_logits(logits_s), standardize_logits(logits_t)
 
 
 @register("dkd_ls", section="2.1", status="after", year=2024)
@@ -202,15 +197,8 @@ class DKDLS(DKD):
     ) -> None:
         super().__init__(student, teacher, T, alpha, beta, ce_weight, warmup_epochs)
 
-    def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
-        logits_s = self.student(x)
-        logits_t = _teacher_logits(self, x, teacher_out)
-        z_s, z_t = standardize_logits(logits_s), standardize_logits(logits_t)
-        dkd = dkd_loss(z_s, z_t, y, self.alpha, self.beta, self.T)
-        return logits_s, {
-            "ce": self.ce_weight * F.cross_entropy(logits_s, y),
-            "dkd": self.warmup * dkd,
-        }
+    def distilled_logits(self, logits_s: Tensor, logits_t: Tensor):
+        return standardize_logits(logits_s), standardize_logits(logits_t)
 
 
 @register("nkd", section="2.1", status="after", year=2023)
@@ -244,7 +232,7 @@ class NKD(Distiller):
 
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s = self.student(x)
-        logits_t = _teacher_logits(self, x, teacher_out)
+        logits_t = self.teacher_logits(x, teacher_out)
         return logits_s, {
             "ce": self.ce_weight * F.cross_entropy(logits_s, y),
             "nkd": nkd_loss(logits_s, logits_t, y, self.T, self.gamma),
@@ -320,7 +308,7 @@ class CTKD(Distiller):
 
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s = self.student(x)
-        logits_t = _teacher_logits(self, x, teacher_out)
+        logits_t = self.teacher_logits(x, teacher_out)
         tau = self.temperature()
         self.step_metrics["temperature"] = tau.detach().reshape(())
         return logits_s, {

@@ -137,8 +137,12 @@ class Distiller(nn.Module):
             logits = self.teacher(x)
         return {"logits": logits, **feats}
 
-    def teacher_logits(self, x: Tensor) -> Tensor:
-        return self.teacher_outputs(x)["logits"]
+    def teacher_logits(self, x: Tensor, teacher_out=None) -> Tensor:
+        """The teacher's logits for ``x``: from ``teacher_out`` (the trainer's
+        precomputed outputs) when given, else from the teacher itself."""
+        if teacher_out is None:
+            teacher_out = self.teacher_outputs(x)
+        return teacher_out["logits"]
 
     def setup(self, data) -> None:
         """Data-dependent state; ``data`` is the training :class:`TensorData`."""

@@ -29,10 +29,6 @@ from ..models import capture
 from .base import Distiller, check_weights, register
 
 
-def _teacher_logits(d: Distiller, x: Tensor, teacher_out) -> Tensor:
-    return (teacher_out if teacher_out is not None else d.teacher_outputs(x))["logits"]
-
-
 @register("cts", section="2.1")
 class ConditionalTS(Distiller):
     """Conditional teacher-student learning (Meng et al. 2019).
@@ -45,7 +41,7 @@ class ConditionalTS(Distiller):
 
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s = self.student(x)
-        logits_t = _teacher_logits(self, x, teacher_out)
+        logits_t = self.teacher_logits(x, teacher_out)
         return logits_s, {"cts": conditional_ts_loss(logits_s, logits_t, y)}
 
 
@@ -88,7 +84,7 @@ class DTD(Distiller):
 
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s = self.student(x)
-        logits_t = _teacher_logits(self, x, teacher_out)
+        logits_t = self.teacher_logits(x, teacher_out)
         if self.probability_shift:
             logits_t = probability_shift(logits_t, y)
         kd = dtd_loss(logits_s, logits_t, self.T, self.beta, self.gamma)
@@ -202,7 +198,7 @@ class TripletKD(Distiller):
 
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s = self.student(x)
-        logits_t = _teacher_logits(self, x, teacher_out)
+        logits_t = self.teacher_logits(x, teacher_out)
         j, valid = other_class_partners(y)
         if valid.any():
             triplet = triplet_kd_loss(

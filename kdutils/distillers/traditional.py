@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import check_T
 from ..losses import kd_loss
 from .base import Distiller, check_weights, register
 
@@ -41,17 +42,21 @@ class KD(Distiller):
         ce_weight: float = 0.1,
         kd_weight: float = 0.9,
     ) -> None:
-        if T <= 0:
-            raise ValueError(f"temperature T must be > 0, got {T}")
+        check_T(T)
         check_weights(ce_weight=ce_weight, kd_weight=kd_weight)
         super().__init__(student, teacher)
         self.T, self.ce_weight, self.kd_weight = T, ce_weight, kd_weight
 
     def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
         logits_s = self.student(x)
-        t = teacher_out if teacher_out is not None else self.teacher_outputs(x)
-        logits_t = t["logits"]
+        logits_t = self.teacher_logits(x, teacher_out)
+        kd = kd_loss(*self.distilled_logits(logits_s, logits_t), self.T)
         return logits_s, {
             "ce": self.ce_weight * F.cross_entropy(logits_s, y),
-            "kd": self.kd_weight * kd_loss(logits_s, logits_t, self.T),
+            "kd": self.kd_weight * kd,
         }
+
+    def distilled_logits(self, logits_s: Tensor, logits_t: Tensor):
+        """The logits the KD term compares (the cross-entropy always sees the
+        student's own): as they are here; standardised in ``kd_ls``."""
+        return logits_s, logits_t

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..checks import check_T
+
 __all__ = [
     "dkd_loss",
     "pearson_correlation",
@@ -48,11 +50,6 @@ def _check_target(logits: Tensor, target: Tensor) -> None:
         )
     if target.dtype.is_floating_point or target.dtype == torch.bool:
         raise ValueError(f"target must hold class indices, got dtype {target.dtype}")
-
-
-def _check_T(name: str, T: float) -> None:
-    if T <= 0:
-        raise ValueError(f"temperature {name} must be > 0, got {T}")
 
 
 def dkd_loss(
@@ -88,7 +85,7 @@ def dkd_loss(
     """
     _check_pair(logits_s, logits_t)
     _check_target(logits_s, target)
-    _check_T("T", T)
+    check_T(T)
     mask = F.one_hot(target, logits_s.shape[1]).to(logits_s.dtype)  # (B, K)
     n = logits_s.shape[0]
 
@@ -155,7 +152,7 @@ def dist_loss(
     Reference: ``huang2022knowledge`` (NeurIPS 2022); beside survey 2.1.
     """
     _check_pair(logits_s, logits_t)
-    _check_T("tau", tau)
+    check_T(tau, "tau")
     p_s = F.softmax(logits_s / tau, dim=1)
     p_t = F.softmax(logits_t / tau, dim=1)
     inter = 1 - pearson_correlation(p_s, p_t).mean()
@@ -219,7 +216,7 @@ def nkd_loss(
     """
     _check_pair(logits_s, logits_t)
     _check_target(logits_s, target)
-    _check_T("T", T)
+    check_T(T)
     n, k = logits_s.shape
     if k < 2:
         raise ValueError(f"NKD needs at least 2 classes, got logits {(n, k)}")
