@@ -8,31 +8,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from logit_cases import BATCH, CHANNELS, CLASSES
+from logit_cases import batch as _batch
+from logit_cases import labels as _labels
+from logit_cases import log_softmax_np as _log_softmax
+from logit_cases import logits as _logits
+from logit_cases import models as _models
+from logit_cases import to_np as _np
 
 import kdutils as kd
 from kdutils import losses
 from kdutils.distillers.output import other_class_partners
-
-
-def _log_softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-
-
-def _logits(seed: int, b: int = 7, k: int = 5, scale: float = 3.0):
-    g = torch.Generator().manual_seed(seed)
-    return tuple(
-        scale * torch.randn(b, k, generator=g, dtype=torch.float64) for _ in range(3)
-    )
-
-
-def _labels(seed: int, b: int = 7, k: int = 5) -> torch.Tensor:
-    return torch.randint(0, k, (b,), generator=torch.Generator().manual_seed(seed))
-
-
-def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().double().numpy()
-
 
 # Conditional teacher-student learning
 
@@ -320,22 +306,6 @@ def test_mixup_cross_entropy_is_the_mixed_label_loss():
 
 
 # The distillers
-
-BATCH, CLASSES, CHANNELS, SIZE = 8, 10, 3, 16
-
-
-def _models(seed: int = 0):
-    torch.manual_seed(seed)
-    student = kd.create_model("resnet8", num_classes=CLASSES, in_channels=CHANNELS)
-    teacher = kd.create_model("resnet14", num_classes=CLASSES, in_channels=CHANNELS)
-    return student, teacher
-
-
-def _batch(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(BATCH, CHANNELS, SIZE, SIZE, generator=g)
-    y = torch.randint(0, CLASSES, (BATCH,), generator=g)
-    return x, y
 
 
 def _snapshot(module):
