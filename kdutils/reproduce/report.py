@@ -9,6 +9,7 @@ runs come from; ``_write_table`` writes ``table.csv``, ``table.md`` and
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import math
@@ -217,8 +218,6 @@ def _write_table(
     profile: str,
     missing: list[TableRow],
 ) -> None:
-    import csv
-
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(
@@ -305,8 +304,6 @@ def _write_table(
 def _write_extra(out: Path, extra: list[dict], table: list[dict], profile: str) -> None:
     """``extra.csv`` and ``extra.md``: the rows beside Table 1 (methods after
     the survey), each against this reproduction's own KD row when it ran."""
-    import csv
-
     kd = next((t for t in table if t["row"] == "KD" and t["accs"]), None)
     buf = io.StringIO()
     w = csv.writer(buf)
