@@ -98,12 +98,14 @@ endif
 		--display-name "Python 3 (kdutils)" >/dev/null
 	@touch $@
 
-# Debian packages: the embedded data set and the browser for tests/browser;
+# Debian packages: the embedded data set, the browser for tests/browser,
+# Graphviz for the method diagrams;
 # npm only to fetch MathJax. Installed only when missing and apt-get exists.
 sysdeps:
 	@missing=""; \
 	[ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
 	[ -x $(CHROMIUM) ] || missing="$$missing chromium"; \
+	command -v dot >/dev/null || missing="$$missing graphviz"; \
 	[ -f $(MATHJAX_STAMP) ] || command -v npm >/dev/null || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null; then \

@@ -7,8 +7,10 @@
 """
 
 from . import (
+    book,
     cost,
     data,
+    diagrams,
     distillers,
     inference,
     loop,
@@ -26,6 +28,7 @@ from . import (
     teachers,
     train,
 )  # noqa: E402
+from .book import glue  # noqa: E402
 from .config import PROFILES, Config, make_config, teacher_config  # noqa: E402
 from .distillers import METHODS, Distiller, build, get_method, register  # noqa: E402
 from .inference import evaluate, predict_logits  # noqa: E402
@@ -42,6 +45,7 @@ from .train import load_distiller, run  # noqa: E402
 from .version import __version__  # noqa: E402, F401
 
 __all__ = [
+    "book",
     "PROFILES",
     "Config",
     "make_config",
@@ -60,6 +64,7 @@ __all__ = [
     "survey_table1",
     "evaluate",
     "fit",
+    "glue",
     "predict_logits",
     "run",
     "build_model",
@@ -70,6 +75,7 @@ __all__ = [
     "seed_everything",
     "cost",
     "data",
+    "diagrams",
     "distillers",
     "inference",
     "loop",
