@@ -144,9 +144,14 @@ $(EXEC_DIR)/notebooks/%.ipynb: notebooks/%.ipynb $(PKG_FILES) | setup
 
 executed: $(EXECUTED)
 
-$(GEN_STAMP): $(PKG_FILES) $(wildcard results/bench/*.json) | setup
+$(GEN_STAMP): $(PKG_FILES) $(wildcard results/bench/*.json results/chapter_times.json) \
+		_toc.yml book/course.md scripts/chapter_times.py | setup
 	rm -rf $(GEN_DIR) && mkdir -p $(GEN_DIR)
 	$(PY) -m kdutils figures --out $(GEN_DIR)
+	$(PY) scripts/chapter_times.py table results/chapter_times.json \
+		> $(GEN_DIR)/chapter_times.md
+	$(PY) scripts/chapter_times.py weeks results/chapter_times.json book/course.md \
+		> $(GEN_DIR)/week_times.md
 	@touch $@
 
 # The book source: config, prose, generated figures, MathJax, the local Sphinx

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import kdutils as kd
-from kdutils import plots
+from kdutils import diagrams, plots
 from kdutils.config import make_config, teacher_config
 from kdutils.distillers import describe_status, get_method
 from kdutils.errors import EnvironmentProblem
@@ -308,7 +308,11 @@ def _figures(out: Path) -> int:
     (out / "speed.md").write_text(speed_markdown())
     fig = book_factor_figure()
     fig.savefig(out / "speed.png", dpi=150, bbox_inches="tight")
-    print(f"wrote taxonomy.png, profiles.md, speed.md and speed.png to {out}")
+    (out / "diagram_legend.svg").write_text(diagrams.legend().svg())
+    print(
+        "wrote taxonomy.png, profiles.md, speed.md, speed.png and "
+        f"diagram_legend.svg to {out}"
+    )
     return 0
 
 

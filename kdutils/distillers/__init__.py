@@ -29,6 +29,7 @@ from .base import (
     get_method,
     register,
 )
+from .features import conv_regressor
 from .online import METRIC_IMAGES, member_metrics
 from .progressive import cycle_starts
 
@@ -37,6 +38,7 @@ __all__ = [
     "STATUSES",
     "Distiller",
     "check_weights",
+    "conv_regressor",
     "cycle_starts",
     "describe_status",
     "feature_shapes",

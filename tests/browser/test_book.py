@@ -250,9 +250,14 @@ def _notebook_facts(stem: str) -> dict:
     title = None
     has_math = False
     n_images = 0
+    n_solutions = 0
+    n_diagrams = 0
     for cell in nb["cells"]:
         source = "".join(cell["source"])
+        if cell["cell_type"] == "code":
+            n_diagrams += source.count("kd.diagrams.show(")
         if cell["cell_type"] == "markdown":
+            n_solutions += len(re.findall(r"\{solution(?:-start)?\}", source))
             if title is None:
                 heading = re.search(r"^#\s+(.+?)\s*#*\s*$", source, flags=re.MULTILINE)
                 if heading:
@@ -262,7 +267,13 @@ def _notebook_facts(stem: str) -> dict:
             data = output.get("data", {})
             n_images += any(k.startswith("image/") for k in data)
     assert title, f"{path.name} has no markdown heading to title its page"
-    return {"title": title, "has_math": has_math, "n_images": n_images}
+    return {
+        "title": title,
+        "has_math": has_math,
+        "n_images": n_images,
+        "n_solutions": n_solutions,
+        "n_diagrams": n_diagrams,
+    }
 
 
 def test_built_chapters_exist() -> None:
@@ -296,6 +307,34 @@ def test_chapter_page(stem: str, visit, base_url: str) -> None:
         f"{facts['n_images']} image outputs in the notebook, "
         f"{len(found['images'])} images on the page"
     )
+    if facts["n_diagrams"]:
+        _check_diagram(seen.page, stem)
+    if facts["n_solutions"]:
+        _check_solution_toggle(seen.page, stem, facts["n_solutions"])
+
+
+def _check_diagram(page: Page, stem: str) -> None:
+    """A method diagram (Graphviz SVG) is drawn in a cell's output."""
+    sizes = page.eval_on_selector_all(
+        ".cell_output img[src$='.svg']",
+        "els => els.map(e => [e.naturalWidth, e.getBoundingClientRect().height])",
+    )
+    assert sizes, f"{stem}: no diagram (SVG image) in any cell output"
+    assert all(w > 0 and h > 20 for w, h in sizes), f"{stem}: diagram sizes {sizes}"
+
+
+def _check_solution_toggle(page: Page, stem: str, expected: int) -> None:
+    """Solutions are hidden behind a toggle, and the first opens on a click."""
+    solutions = page.locator("div.solution.dropdown")
+    assert solutions.count() == expected, (
+        f"{stem}: {expected} solutions in the notebook, {solutions.count()} on the page"
+    )
+    first = solutions.first
+    body = first.locator("section, p").last
+    assert not body.is_visible(), f"{stem}: a solution is visible before its toggle"
+    first.locator(".admonition-title").first.click()
+    body.wait_for(state="visible", timeout=TIMEOUT_MS)
+    _screenshot(page, f"notebooks-{stem}-solution")
 
 
 def test_first_chapter_has_equation_and_figure(visit, base_url: str) -> None:

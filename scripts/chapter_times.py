@@ -1,0 +1,141 @@
+"""Each chapter's measured execution time, recorded with where it was measured.
+
+    python scripts/chapter_times.py record FILE.json EXECUTED.ipynb ...
+        store papermill's duration of each executed notebook under its profile
+        (read from the notebook's metadata), with the CPU, the date and the commit
+    python scripts/chapter_times.py table FILE.json
+        the table of chapter times (Markdown): one row per chapter of _toc.yml
+    python scripts/chapter_times.py weeks FILE.json book/course.md
+        the course map's weekly times: each "## Week N" section of the course
+        map lists its chapters as links to ../notebooks/<stem>.ipynb
+
+The book includes these tables, so the times it shows are the last ones
+recorded, never typed by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PROFILES = ("smoke", "quick")
+
+
+def cpu() -> str:
+    """The CPU's model and its widest vector extension (AVX-512 or AVX2)."""
+    model, flags = platform.processor() or platform.machine(), ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        model = re.search(r"model name\s*:\s*(.*)", info)[1].strip()
+        flags = re.search(r"flags\s*:\s*(.*)", info)[1].split()
+    except (OSError, TypeError):
+        pass
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    return f"{model}, {isa}, {os.cpu_count()} cores"
+
+
+def commit() -> str:
+    out = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    return out.stdout.strip() or "unknown"
+
+
+def record(path: Path, notebooks: list[str]) -> None:
+    data = json.loads(path.read_text()) if path.exists() else {}
+    by_profile: dict[str, dict[str, float]] = {}
+    for nb in notebooks:
+        meta = json.loads(Path(nb).read_text())["metadata"].get("papermill", {})
+        profile = meta.get("parameters", {}).get("profile")
+        if profile not in PROFILES or not meta.get("duration"):
+            sys.exit(f"{nb}: no papermill duration for a profile in {PROFILES}")
+        by_profile.setdefault(profile, {})[Path(nb).stem] = round(meta["duration"], 1)
+    for profile, seconds in by_profile.items():
+        data[profile] = {
+            "cpu": cpu(),
+            "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+            "commit": commit(),
+            "cache": "empty at the start (every run trained)",
+            "seconds": dict(sorted(seconds.items())),
+        }
+    path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
+    print(f"recorded {sum(map(len, by_profile.values()))} chapter times in {path}")
+
+
+def chapters() -> list[str]:
+    toc = (ROOT / "_toc.yml").read_text()
+    return [Path(p).name for p in re.findall(r"^ *- file: notebooks/(\S+)", toc, re.M)]
+
+
+def fmt(seconds: float | None) -> str:
+    if seconds is None:
+        return "not measured yet"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def table(path: Path) -> str:
+    data = json.loads(path.read_text()) if path.exists() else {}
+    rows = ["| chapter | `smoke` | `quick` |", "|---|---|---|"]
+    for stem in chapters():
+        cells = [fmt(data.get(p, {}).get("seconds", {}).get(stem)) for p in PROFILES]
+        rows.append(f"| {stem} | {cells[0]} | {cells[1]} |")
+    notes = []
+    for p in PROFILES:
+        if p in data:
+            d = data[p]
+            notes.append(
+                f"`{p}`: measured on {d['cpu']}, {d['date']}, commit {d['commit']}, "
+                f"{d['cache']}."
+            )
+        else:
+            notes.append(f"`{p}`: not measured yet for this version of the book.")
+    return "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def weeks(path: Path, course: Path) -> str:
+    """Per week of the course map: its chapters and their summed times."""
+    data = json.loads(path.read_text()) if path.exists() else {}
+    sections = re.split(r"^## ", course.read_text(), flags=re.M)[1:]
+    rows = ["| week | chapters | `smoke` | `quick` |", "|---|---|---|---|"]
+    for section in sections:
+        title = section.split("\n", 1)[0].strip()
+        if not title.startswith("Week"):
+            continue
+        stems = list(dict.fromkeys(re.findall(r"\.\./notebooks/(\w+)\.ipynb", section)))
+        if not stems:
+            sys.exit(f"{course}: section {title!r} links no chapter")
+        unknown = sorted(set(stems) - set(chapters()))
+        if unknown:
+            sys.exit(f"{course}: section {title!r} links unknown chapters {unknown}")
+        cells = []
+        for p in PROFILES:
+            times = [data.get(p, {}).get("seconds", {}).get(s) for s in stems]
+            cells.append(fmt(None if None in times else sum(times)))
+        numbers = ", ".join(s[:2].lstrip("0") for s in stems)
+        rows.append(f"| {title.split(':')[0]} | {numbers} | {cells[0]} | {cells[1]} |")
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) >= 2 and argv[0] == "record":
+        record(Path(argv[1]), argv[2:])
+    elif len(argv) == 2 and argv[0] == "table":
+        print(table(Path(argv[1])), end="")
+    elif len(argv) == 3 and argv[0] == "weeks":
+        print(weeks(Path(argv[1]), Path(argv[2])), end="")
+    else:
+        sys.exit(__doc__)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
