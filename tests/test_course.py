@@ -204,3 +204,12 @@ def test_survey_figures_are_redrawn():
         key = "kd" if n == 2 else f"survey_fig{n}"
         assert key in DIAGRAMS, f"the survey's Fig. {n} is not redrawn"
         assert f"Fig. {n}" in DIAGRAMS[key][0], f"{key}'s title does not cite Fig. {n}"
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_every_cell_has_a_unique_id(name):
+    # nbformat 4.5 requires cell ids; a cell added without one draws a warning
+    # today and will be an error in a later nbformat.
+    ids = [c.get("id") for c in cells(name)]
+    assert None not in ids, f"{name}: {ids.count(None)} cells without an id"
+    assert len(set(ids)) == len(ids), f"{name}: duplicate cell ids"
