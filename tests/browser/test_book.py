@@ -332,7 +332,8 @@ def _check_solution_toggle(page: Page, stem: str, expected: int) -> None:
     first = solutions.first
     body = first.locator("section, p").last
     assert not body.is_visible(), f"{stem}: a solution is visible before its toggle"
-    first.locator(".admonition-title").first.click()
+    # The toggle button, not the title's middle: the title links to its exercise.
+    first.locator("button.toggle-button").first.click()
     body.wait_for(state="visible", timeout=TIMEOUT_MS)
     _screenshot(page, f"notebooks-{stem}-solution")
 
