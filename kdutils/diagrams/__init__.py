@@ -155,6 +155,30 @@ class Diagram:
     def loss(self, label: str, id: str | None = None) -> str:
         return self.node("loss", label, id)
 
+    # -- the usual start ------------------------------------------------------
+    def teacher_student(
+        self,
+        image: str = "image x",
+        label: str = "label t",
+        teacher: str = "teacher\n(frozen)",
+    ) -> tuple[str, str, str, str]:
+        """The image fed to a frozen teacher and to the student, and the label;
+        returns the ids ``(x, t, T, S)``."""
+        x = self.data(image, id="x")
+        y = self.data(label, id="t")
+        t = self.teacher(teacher, id="T")
+        s = self.student("student", id="S")
+        self.edge(x, t)
+        self.edge(x, s)
+        return x, y, t, s
+
+    def label_loss(self, s: str, y: str, label: str = "CE(l_S, t)") -> str:
+        """The student's logits and the label into a cross-entropy; its id."""
+        ce = self.loss(label, id="ce")
+        self.edge(s, ce, "l_S")
+        self.edge(y, ce)
+        return ce
+
     # -- edges and groups ----------------------------------------------------
     def edge(
         self, a: str, b: str, label: str = "", *, detached: bool = False, **attrs: str

@@ -7,23 +7,6 @@ from __future__ import annotations
 from . import Diagram, diagram
 
 
-def _pair(d: Diagram) -> tuple[str, str, str, str]:
-    """Image, label, frozen teacher and student, wired; returns their ids."""
-    x = d.data("image x", id="x")
-    y = d.data("label t", id="t")
-    t = d.teacher("teacher\n(frozen)", id="T")
-    s = d.student("student", id="S")
-    d.edge(x, t)
-    d.edge(x, s)
-    return x, y, t, s
-
-
-def _ce(d: Diagram, s: str, y: str, label: str = "CE(l_S, t)") -> None:
-    ce = d.loss(label, id="ce")
-    d.edge(s, ce, "l_S")
-    d.edge(y, ce)
-
-
 def _dkd_parts(d: Diagram, src_t: str, src_s: str, lab_t: str, lab_s: str) -> None:
     """The target/non-target split of both distributions and DKD's two terms."""
     bt = d.op("b_T = (p_y, 1 − p_y)", id="bt")
@@ -44,25 +27,25 @@ def _dkd_parts(d: Diagram, src_t: str, src_s: str, lab_t: str, lab_s: str) -> No
 
 @diagram("dkd", "Decoupled KD (Zhao et al. 2022): target and non-target parts apart")
 def _dkd(d: Diagram) -> None:
-    _, y, t, s = _pair(d)
+    _, y, t, s = d.teacher_student()
     _dkd_parts(d, t, s, "l_T / T", "l_S / T")
-    _ce(d, s, y)
+    d.label_loss(s, y)
 
 
 @diagram("dkd_ls", "DKD on standardised logits (Sun et al. 2024)")
 def _dkd_ls(d: Diagram) -> None:
-    _, y, t, s = _pair(d)
+    _, y, t, s = d.teacher_student()
     zt = d.op("z-score l_T", id="zt")
     zs = d.op("z-score l_S", id="zs")
     d.edge(t, zt, "l_T", detached=True)
     d.edge(s, zs, "l_S")
     _dkd_parts(d, zt, zs, "", "")
-    _ce(d, s, y)
+    d.label_loss(s, y)
 
 
 @diagram("kd_ls", "KD on standardised logits (Sun et al. 2024)")
 def _kd_ls(d: Diagram) -> None:
-    _, y, t, s = _pair(d)
+    _, y, t, s = d.teacher_student()
     zt = d.op("z-score l_T", id="zt")
     zs = d.op("z-score l_S", id="zs")
     pt = d.op("p̃_T = softmax(· / T)", id="pt")
@@ -74,12 +57,12 @@ def _kd_ls(d: Diagram) -> None:
     d.edge(s, zs, "l_S")
     d.edge(zs, ps)
     d.edge(ps, kl)
-    _ce(d, s, y, "λ CE(l_S, t)")
+    d.label_loss(s, y, "λ CE(l_S, t)")
 
 
 @diagram("dist", "DIST (Huang et al. 2022): correlations, not exact probabilities")
 def _dist(d: Diagram) -> None:
-    _, y, t, s = _pair(d)
+    _, y, t, s = d.teacher_student()
     pt = d.op("P_T = softmax(l_T / τ)\n(B × K)", id="pt")
     ps = d.op("P_S = softmax(l_S / τ)\n(B × K)", id="ps")
     inter = d.loss("β τ² (1 − mean ρ of rows)\ninter-class", id="inter")
@@ -89,12 +72,12 @@ def _dist(d: Diagram) -> None:
     for loss in (inter, intra):
         d.edge(pt, loss, detached=True)
         d.edge(ps, loss)
-    _ce(d, s, y)
+    d.label_loss(s, y)
 
 
 @diagram("nkd", "Normalized KD (Yang et al. 2023): target and normalised non-targets")
 def _nkd(d: Diagram) -> None:
-    _, y, t, s = _pair(d)
+    _, y, t, s = d.teacher_student()
     pt = d.op("p_T,y at T = 1", id="pty")
     ps = d.op("log p_S,y at T = 1", id="psy")
     qt = d.op("p̂_T(T): other classes,\nrenormalised", id="qt")
@@ -109,12 +92,12 @@ def _nkd(d: Diagram) -> None:
     d.edge(ps, target)
     d.edge(qt, other, detached=True)
     d.edge(qs, other)
-    _ce(d, s, y)
+    d.label_loss(s, y)
 
 
 @diagram("ctkd", "Curriculum temperature KD (Li et al. 2023): an adversarial τ")
 def _ctkd(d: Diagram) -> None:
-    _, y, t, s = _pair(d)
+    _, y, t, s = d.teacher_student()
     theta = d.aux("θ: τ = 1 + 20 σ(θ)\n(trained)", id="theta")
     grl = d.op("gradient reversal\n× η (curriculum 0 → −1)", id="grl")
     pt = d.op("softmax(l_T / τ)", id="pt")
@@ -127,4 +110,4 @@ def _ctkd(d: Diagram) -> None:
     d.edge(s, ps, "l_S")
     d.edge(pt, kl, "p_T (gradient only to θ)")
     d.edge(ps, kl)
-    _ce(d, s, y, "λ CE(l_S, t)")
+    d.label_loss(s, y, "λ CE(l_S, t)")

@@ -13,23 +13,6 @@ from . import Diagram, diagram
 SUP = {1: "¹", 2: "²", 3: "³"}  # f_S¹: the student's map of stage 1
 
 
-def _pair(d: Diagram) -> tuple[str, str, str, str]:
-    """Image, label, frozen teacher and student, with the image fed to both."""
-    x = d.data("image x", id="x")
-    y = d.data("label t", id="t")
-    t = d.teacher("teacher\n(frozen)", id="T")
-    s = d.student("student", id="S")
-    d.edge(x, t)
-    d.edge(x, s)
-    return x, y, t, s
-
-
-def _ce(d: Diagram, s: str, y: str, label: str = "CE(l_S, t)") -> None:
-    ce = d.loss(label, id="ce")
-    d.edge(s, ce, "l_S")
-    d.edge(y, ce)
-
-
 @diagram(
     "survey_fig4",
     "KD with feature aggregation, Eq. (3) (after the survey's Fig. 4)",
@@ -60,7 +43,7 @@ def _fig4(d: Diagram) -> None:
 
 @diagram("at", "Attention transfer: match where each stage is active")
 def _at(d: Diagram) -> None:
-    _, y, t, s = _pair(d)
+    _, y, t, s = d.teacher_student()
     qt = d.op("Q_T = normalise(mean_c f_T²)\nper stage j", id="qt")
     qs = d.op("Q_S = normalise(mean_c f_S²)\nper stage j", id="qs")
     at = d.loss("γ Σ_j mean (Q_Sʲ − Q_Tʲ)²", id="at")
@@ -68,12 +51,12 @@ def _at(d: Diagram) -> None:
     d.edge(qt, at, detached=True)
     d.edge(s, qs, "f_Sʲ", minlen="2")
     d.edge(qs, at)
-    _ce(d, s, y)
+    d.label_loss(s, y)
 
 
 @diagram("fsp", "FSP: match the flow matrices between layers, then train on labels")
 def _fsp(d: Diagram) -> None:
-    _, y, t, s = _pair(d)
+    _, y, t, s = d.teacher_student()
     gt = d.op("G_T = mean_hw f_Tⁱ (f_Tⁱ⁺¹)ᵀ\n(Cᵢ × Cᵢ₊₁)", id="gt")
     gs = d.op("G_S = mean_hw f_Sⁱ (f_Sⁱ⁺¹)ᵀ\n(Cᵢ × Cᵢ₊₁)", id="gs")
     fsp = d.loss("stage 1:\nΣ_i mean (G_S − G_T)²", id="fsp")
@@ -81,12 +64,12 @@ def _fsp(d: Diagram) -> None:
     d.edge(gt, fsp, detached=True)
     d.edge(s, gs, "f_Sⁱ, f_Sⁱ⁺¹", minlen="2")
     d.edge(gs, fsp)
-    _ce(d, s, y, "stage 2:\nCE(l_S, t)")
+    d.label_loss(s, y, "stage 2:\nCE(l_S, t)")
 
 
 @diagram("nst", "NST: match the distribution of the channels' spatial patterns")
 def _nst(d: Diagram) -> None:
-    _, y, t, s = _pair(d)
+    _, y, t, s = d.teacher_student()
     nt = d.op("each channel's map,\nL2-normalised", id="nt")
     ns = d.op("each channel's map,\nL2-normalised", id="ns")
     mmd = d.loss("γ Σ_j MMD²(S, T)\nk(a, b) = (aᵀb)²", id="mmd")
@@ -94,12 +77,12 @@ def _nst(d: Diagram) -> None:
     d.edge(nt, mmd, detached=True)
     d.edge(s, ns, "f_Sʲ", minlen="2")
     d.edge(ns, mmd)
-    _ce(d, s, y)
+    d.label_loss(s, y)
 
 
 @diagram("afd", "AFD: learned channel weights ρ from the teacher's features")
 def _afd(d: Diagram) -> None:
-    _, y, t, s = _pair(d)
+    _, y, t, s = d.teacher_student()
     gap = d.op("global average\npool", id="gap")
     att = d.aux("attention\n1x1 conv, ReLU, 1x1 conv,\nsigmoid, sum to 1", id="att")
     nt = d.op("each channel map\n/ its L2 norm", id="nt")
@@ -112,12 +95,12 @@ def _afd(d: Diagram) -> None:
     d.edge(nt, afd, detached=True)
     d.edge(s, ns, "f_Sʲ", minlen="2")
     d.edge(ns, afd)
-    _ce(d, s, y)
+    d.label_loss(s, y)
 
 
 @diagram("afm", "AFM (Ji et al.): every teacher block attends over all student blocks")
 def _afm(d: Diagram) -> None:
-    _, y, t, s = _pair(d)
+    _, y, t, s = d.teacher_student()
     q = d.aux("query q_t\n(linear + BN)", id="q")
     k = d.aux("key k_st\n(linear, BN, ReLU,\nbilinear)", id="k")
     a = d.aux("a_ts = softmax_s\n((k_st·q_t + p_tᵀp_s) / √d)", id="a")
@@ -136,7 +119,7 @@ def _afm(d: Diagram) -> None:
     d.edge(vs, afm)
     d.edge(t, kd, "l_T", detached=True)
     d.edge(s, kd, "l_S")
-    _ce(d, s, y)
+    d.label_loss(s, y)
 
 
 @diagram("reviewkd", "ReviewKD: each student level fused with all deeper ones")
@@ -164,4 +147,4 @@ def _reviewkd(d: Diagram) -> None:
         # column reads top-down from stage 1 while the residual flows upwards
         d.edge(abf[i - 1], abf[i], "residual", dir="back")
     d.edge(t, hcl, "f_Tⁱ", detached=True)
-    _ce(d, s[3], y)
+    d.label_loss(s[3], y)

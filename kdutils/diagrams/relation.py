@@ -16,15 +16,8 @@ def _pair(d: Diagram) -> tuple[str, str, str, str]:
     Returns the ids of the labels, the teacher, the student and the CE loss
     the student's logits go to (every method here keeps the label loss).
     """
-    x = d.data("batch x¹ … x_B", id="x")
-    y = d.data("labels t", id="t")
-    t = d.teacher(TEACHER, id="T")
-    s = d.student("student", id="S")
-    ce = d.loss("CE(l_S, t)", id="ce")
-    d.edge(x, t)
-    d.edge(x, s)
-    d.edge(s, ce, "l_S")
-    d.edge(y, ce)
+    _, y, t, s = d.teacher_student("batch x¹ … x_B", "labels t", TEACHER)
+    ce = d.label_loss(s, y)
     return y, t, s, ce
 
 
