@@ -48,6 +48,8 @@ from dataclasses import dataclass, field
 __all__ = ["DIAGRAMS", "Diagram", "DotNotFound", "diagram", "show", "legend"]
 
 FONT = "Helvetica"
+# Superscripts for a stage's index in labels: f_S¹ is the student's map of stage 1.
+SUP = {1: "¹", 2: "²", 3: "³"}
 
 # One look per kind of node (fill, border, shape); the book's legend is drawn
 # from this table, so it cannot disagree with the diagrams.
@@ -170,6 +172,24 @@ class Diagram:
         s = self.student("student", id="S")
         self.edge(x, t)
         self.edge(x, s)
+        return x, y, t, s
+
+    def layered_teacher_student(
+        self, layers: int = 3
+    ) -> tuple[str, str, list[str], list[str]]:
+        """The survey's feature-map figures: the image into a frozen teacher and
+        a student, each drawn as ``layers`` grouped layers in a chain, and the
+        label; returns ``(x, t, teacher layers, student layers)``."""
+        x = self.data("image x", id="x")
+        y = self.data("label t", id="t")
+        with self.group("teacher (frozen)", "teacher"):
+            t = [self.teacher(f"layer {i}", id=f"T{i}") for i in range(1, layers + 1)]
+        with self.group("student (trained)", "student"):
+            s = [self.student(f"layer {i}", id=f"S{i}") for i in range(1, layers + 1)]
+        self.edge(x, t[0])
+        self.edge(x, s[0])
+        self.chain(*t)
+        self.chain(*s)
         return x, y, t, s
 
     def label_loss(self, s: str, y: str, label: str = "CE(l_S, t)") -> str:

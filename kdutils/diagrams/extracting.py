@@ -8,9 +8,7 @@ notation (f_S, f_T, l_S, γ for a method's feature-term weight).
 
 from __future__ import annotations
 
-from . import Diagram, diagram
-
-SUP = {1: "¹", 2: "²", 3: "³"}  # f_S¹: the student's map of stage 1
+from . import SUP, Diagram, diagram
 
 
 @diagram(
@@ -18,16 +16,7 @@ SUP = {1: "¹", 2: "²", 3: "³"}  # f_S¹: the student's map of stage 1
     "KD with feature aggregation, Eq. (3) (after the survey's Fig. 4)",
 )
 def _fig4(d: Diagram) -> None:
-    x = d.data("image x", id="x")
-    y = d.data("label t", id="t")
-    with d.group("teacher (frozen)", "teacher"):
-        t = [d.teacher(f"layer {i}", id=f"T{i}") for i in (1, 2, 3)]
-    with d.group("student (trained)", "student"):
-        s = [d.student(f"layer {i}", id=f"S{i}") for i in (1, 2, 3)]
-    d.edge(x, t[0])
-    d.edge(x, s[0])
-    d.chain(*t)
-    d.chain(*s)
+    x, y, t, s = d.layered_teacher_student()
     agg_t = d.aux("aggregate\nΣ_j β_j f_Tʲ", id="aggT")
     agg_s = d.aux("aggregate\nΣ_i α_i f_Sⁱ", id="aggS")
     for i in (1, 2, 3):

@@ -7,9 +7,7 @@ style; the labels follow the book's notation (f_S, f_T, l_S, λ, β).
 
 from __future__ import annotations
 
-from . import Diagram, diagram
-
-SUP = {1: "¹", 2: "²", 3: "³"}  # f_S¹: the student's map of stage 1
+from . import SUP, Diagram, diagram
 
 
 @diagram(
@@ -17,16 +15,7 @@ SUP = {1: "¹", 2: "²", 3: "³"}  # f_S¹: the student's map of stage 1
     "Knowledge distillation on feature maps, Eq. (2) (after the survey's Fig. 3)",
 )
 def _fig3(d: Diagram) -> None:
-    x = d.data("image x", id="x")
-    y = d.data("label t", id="t")
-    with d.group("teacher (frozen)", "teacher"):
-        t = [d.teacher(f"layer {i}", id=f"T{i}") for i in (1, 2, 3)]
-    with d.group("student (trained)", "student"):
-        s = [d.student(f"layer {i}", id=f"S{i}") for i in (1, 2, 3)]
-    d.edge(x, t[0])
-    d.edge(x, s[0])
-    d.chain(*t)
-    d.chain(*s)
+    x, y, t, s = d.layered_teacher_student()
     for i in (1, 2, 3):
         df = d.loss(f"DF(f_S{SUP[i]}, f_T{SUP[i]})", id=f"df{i}")
         d.edge(t[i - 1], df, f"f_T{SUP[i]}", detached=True)
