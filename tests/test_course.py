@@ -8,6 +8,7 @@ prose. The exercises' code solutions run with the chapter in ``make test``.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from pathlib import Path
@@ -48,6 +49,7 @@ DEV_LOG = re.compile(
 )
 
 
+@functools.cache  # each test reads the chapters; parse each once (never mutated)
 def cells(name: str) -> list[dict]:
     return json.loads((ROOT / f"{name}.ipynb").read_text())["cells"]
 
