@@ -7,6 +7,7 @@
 """
 
 from . import (
+    augment,
     book,
     cost,
     data,
@@ -45,6 +46,7 @@ from .train import load_distiller, run  # noqa: E402
 from .version import __version__  # noqa: E402, F401
 
 __all__ = [
+    "augment",
     "book",
     "PROFILES",
     "Config",

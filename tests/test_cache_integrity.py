@@ -306,7 +306,9 @@ _SLOW_RUN = textwrap.dedent(
 def test_a_second_process_waits_for_the_run_then_loads_it(tmp_path):
     env = {**os.environ, "KD_CACHE_DIR": str(tmp_path / "shared")}
     first = subprocess.Popen(
-        [sys.executable, "-c", _SLOW_RUN, "4"],
+        # the first sleeps longer than the second takes to start (import
+        # kdutils takes seconds), so the second finds the run's lock held
+        [sys.executable, "-c", _SLOW_RUN, "12"],
         env=env,
         stdout=subprocess.PIPE,
         text=True,

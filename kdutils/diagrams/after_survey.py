@@ -1,6 +1,7 @@
 """Diagrams of chapter 15, logit distillation after the survey (beside its
-section 2.1): DKD, DIST, logit standardisation (on KD and on DKD), NKD and
-CTKD. See kdutils/diagrams/__init__.py for the style."""
+section 2.1): DKD, DIST, logit standardisation (on KD and on DKD), NKD,
+CTKD and multi-level logit distillation (MLKD). See
+kdutils/diagrams/__init__.py for the style."""
 
 from __future__ import annotations
 
@@ -111,3 +112,31 @@ def _ctkd(d: Diagram) -> None:
     d.edge(pt, kl, "p_T (gradient only to θ)")
     d.edge(ps, kl)
     d.label_loss(s, y, "λ CE(l_S, t)")
+
+
+@diagram(
+    "mlkd", "Multi-level logit distillation (Jin et al. 2023): three levels, two views"
+)
+def _mlkd(d: Diagram) -> None:
+    _, y, t, s = d.teacher_student(image="image x (weak view)")
+    aug = d.op("RandAugment (2 ops)\n+ Cutout", id="aug")
+    d.edge("x", aug)
+    t2 = d.teacher("teacher, strong view\n(frozen)", id="T2")
+    s2 = d.student("student, strong view\n(same weights)", id="S2")
+    d.edge(aug, t2)
+    d.edge(aug, s2)
+    mask = d.op("teacher confidence\n≤ batch median: f_s, f_c", id="mask")
+    inst = d.loss("instance: Σ_T KD_T\n(T = 4, 3, 5, 2, 6)", id="inst")
+    batch = d.loss("batch: ‖P_T P_Tᵀ − P_S P_Sᵀ‖² / B", id="batch")
+    cls = d.loss("class: ‖P_Tᵀ P_T − P_Sᵀ P_S‖² / K", id="cls")
+    d.edge(t, mask, "l_T", detached=True)
+    for loss in (inst, batch, cls):
+        d.edge(t, loss, "l_T", detached=True)
+        d.edge(s, loss, "l_S")
+    d.edge(mask, inst, "× f_s (weak)", detached=True)
+    d.edge(mask, batch, "× f_s", detached=True)
+    d.edge(mask, cls, "× f_c", detached=True)
+    d.edge(t2, inst, "strong l_T", detached=True)
+    d.edge(s2, inst, "strong l_S")
+    ce = d.label_loss(s, y, "λ (CE(l_S, t) + CE(strong l_S, t))")
+    d.edge(s2, ce, "strong l_S")

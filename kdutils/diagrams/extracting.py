@@ -1,7 +1,8 @@
 """Diagrams of chapter 4: knowledge extracted from feature maps (survey §2.2.2).
 
 The survey's Fig. 4 (feature aggregation, its Eq. (3)), the fixed summaries
-AT, FSP and NST, and the learned ones AFD, AFM and ReviewKD. See
+AT, FSP and NST, the learned ones AFD, AFM and ReviewKD, and the guided
+ones TOFD and MGD. See
 kdutils/diagrams/__init__.py for the style; the labels follow the book's
 notation (f_S, f_T, l_S, γ for a method's feature-term weight).
 """
@@ -137,3 +138,45 @@ def _reviewkd(d: Diagram) -> None:
         d.edge(abf[i - 1], abf[i], "residual", dir="back")
     d.edge(t, hcl, "f_Tⁱ", detached=True)
     d.label_loss(s[3], y)
+
+
+@diagram("tofd", "TOFD: auxiliary classifiers pick the task-oriented features to fit")
+def _tofd(d: Diagram) -> None:
+    _, y, t, s = d.teacher_student()
+    ht = d.aux(
+        "teacher's auxiliary\nclassifiers (trained first,\nthen frozen)", id="ht"
+    )
+    hs = d.aux("student's auxiliary\nclassifiers", id="hs")
+    link = d.aux("resizing layers W_i\n(+ orthogonal loss)", id="link")
+    feat = d.loss("γ Σ_i ‖W_i e_Sⁱ − e_Tⁱ‖₂", id="feat")
+    kd = d.loss("Σ_i soft-CE(l_Sⁱ, l_Tⁱ; T(e))", id="kd")
+    ce = d.loss("Σ_i CE(l_Sⁱ, t)", id="ce")
+    d.edge(t, ht, "f_Tⁱ", detached=True)
+    d.edge(s, hs, "f_Sⁱ")
+    d.edge(ht, feat, "e_Tⁱ", detached=True)
+    d.edge(hs, link, "e_Sⁱ")
+    d.edge(link, feat)
+    d.edge(ht, kd, "l_Tⁱ", detached=True)
+    d.edge(hs, kd, "l_Sⁱ")
+    d.edge(hs, ce, "l_Sⁱ")
+    d.edge(y, ce)
+
+
+@diagram("mgd", "MGD: teacher channels matched to student channels, then reduced")
+def _mgd(d: Diagram) -> None:
+    _, y, t, s = d.teacher_student()
+    match = d.op(
+        "assignment (Hungarian)\ncost 2 − 2 cos(f_S,c, f_T,c')\nevery 2 epochs",
+        id="match",
+    )
+    red = d.op("reduce the matched\nchannels (abs-max)\nmargin max(·, m)", id="red")
+    bn = d.aux("batch norm", id="bn")
+    mgd = d.loss("γ Σ_j 2^(j−3) partial L2\n(S_j, reduced T_j) / B", id="mgd")
+    d.edge(t, match, "pre-ReLU f_Tʲ", detached=True)
+    d.edge(s, match, "pre-ReLU f_Sʲ", detached=True)
+    d.edge(match, red, "matching", detached=True)
+    d.edge(t, red, "f_Tʲ", detached=True)
+    d.edge(red, mgd, detached=True)
+    d.edge(s, bn, "f_Sʲ")
+    d.edge(bn, mgd)
+    d.label_loss(s, y)

@@ -1,7 +1,8 @@
 """Diagrams of chapter 3: fitting feature maps directly (survey section 2.2.1).
 
-The survey's Fig. 3, FitNet and SSKD (in the survey), AB, FT and VID (added
-by the book beside section 2.2.1). See kdutils/diagrams/__init__.py for the
+The survey's Fig. 3, FitNet, SSKD, knowledge projection, rocket launching
+and interactive KD (in the survey), AB, FT and VID (added by the book beside
+section 2.2.1). See kdutils/diagrams/__init__.py for the
 style; the labels follow the book's notation (f_S, f_T, l_S, λ, β).
 """
 
@@ -142,4 +143,76 @@ def _vid(d: Diagram) -> None:
     d.edge(mu, nll, "μ(f_Sⁱ)")
     d.edge(var, nll, "σ²")
     d.edge(s, ce, "l_S")
+    d.edge(y, ce)
+
+
+@diagram(
+    "kp",
+    "Knowledge projection: the teacher's lower layers feed the student's upper ones",
+)
+def _kp(d: Diagram) -> None:
+    x = d.data("image x", id="x")
+    y = d.data("label t", id="t")
+    t_low = d.teacher("teacher up to\nlayer 1 (frozen)", id="T")
+    proj = d.aux("projection P\n(1x1 conv + BN + ReLU)", id="P")
+    s_low = d.student("student up to\nlayer 1", id="S1")
+    s_high = d.student("student above\nlayer 1 (shared\nby both routes)", id="S2")
+    ce = d.loss("CE(l_S, t)", id="ce")
+    route = d.loss("λ(e) CE(l_P, t)\nλ falls to 0:\nthe route is cut", id="route")
+    d.edge(x, t_low)
+    d.edge(x, s_low)
+    d.edge(t_low, proj, "f_T", detached=True)
+    d.edge(proj, s_high, "P(f_T)")
+    d.edge(s_low, s_high, "f_S")
+    d.edge(s_high, ce, "l_S")
+    d.edge(s_high, route, "l_P")
+    d.edge(y, ce)
+    d.edge(y, route)
+
+
+@diagram("rocket", "Rocket launching: a light net and a booster on shared lower layers")
+def _rocket(d: Diagram) -> None:
+    x = d.data("image x", id="x")
+    y = d.data("label t", id="t")
+    shared = d.student("shared lower layers\n(stem + layer 1)", id="shared")
+    light = d.student("light net's\nupper layers", id="L")
+    boost = d.aux("booster's upper layers\n(3x the blocks)", id="B")
+    hint = d.loss("γ ‖l − z‖²\n(gradient block on z)", id="hint")
+    ce_l = d.loss("CE(l, t)", id="cel")
+    ce_b = d.loss("CE(z, t)", id="ceb")
+    d.edge(x, shared)
+    d.edge(shared, light, "h")
+    d.edge(shared, boost, "h")
+    d.edge(light, hint, "l")
+    d.edge(boost, hint, "z", detached=True)
+    d.edge(light, ce_l, "l")
+    d.edge(boost, ce_b, "z")
+    d.edge(y, ce_l)
+    d.edge(y, ce_b)
+
+
+@diagram(
+    "iakd",
+    "Interactive KD: each student stage swapped for the teacher's with probability p",
+)
+def _iakd(d: Diagram) -> None:
+    x = d.data("image x", id="x")
+    y = d.data("label t", id="t")
+    stem = d.student("student stem", id="stem")
+    prev = stem
+    for k in (1, 2, 3):
+        with d.group(f"stage {k}: one of the two, drawn per step", "plain"):
+            s = d.student(f"student stage {k}\n(prob. 1 − p)", id=f"S{k}")
+            t = d.teacher(f"teacher stage {k}\n(frozen, prob. p)", id=f"T{k}")
+        join = d.op("the drawn\nstage's output", id=f"h{k}")
+        d.edge(prev, s)
+        d.edge(prev, t)
+        d.edge(s, join)
+        d.edge(t, join)
+        prev = join
+    head = d.student("student pool + fc", id="fc")
+    ce = d.loss("CE(l, t)\n(the only loss)", id="ce")
+    d.edge(x, stem)
+    d.edge(prev, head)
+    d.edge(head, ce, "l")
     d.edge(y, ce)

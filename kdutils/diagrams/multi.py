@@ -1,5 +1,5 @@
 """Diagrams of chapter 8, multi-teacher distillation (survey section 2.3.3):
-the survey's Fig. 8, ``avgkd``, ``amtmlkd`` and the ``multi_teacher`` pipeline.
+the survey's Fig. 8, ``avgkd``, ``amtmlkd``, ``feed`` and the ``multi_teacher`` pipeline.
 See kdutils/diagrams/__init__.py for the style."""
 
 from __future__ import annotations
@@ -114,3 +114,29 @@ def _multi_teacher(d: Diagram) -> None:
     d.edge(data, s)
     d.edge(e, loss, detached=True)
     d.edge(s, loss, "l_S")
+
+
+@diagram(
+    "feed",
+    "FEED (Park & Kwak 2019): one transformation of the student's map per teacher",
+)
+def _feed(d: Diagram) -> None:
+    x = d.data("image x", id="x")
+    y = d.data("label t", id="t")
+    with d.group("M teachers (frozen)", kind="teacher"):
+        ts = [d.teacher(f"teacher {m}\nlast map f_{m}", id=f"T{m}") for m in ("1", "M")]
+    s = d.student("student\nup to its last map f_S", id="S")
+    head = d.student("pool, fc", id="head")
+    with d.group("transformations, dropped after training", "aux"):
+        trs = [d.aux(f"T_{m}: 3 convs\n+ leaky ReLU", id=f"tr{m}") for m in ("1", "M")]
+    feed = d.loss("β Σ_m ‖T_m(f_S)/‖·‖ − f_m/‖·‖‖₁", id="feed")
+    ce = d.loss("CE(l_S, t)", id="ce")
+    d.edge(x, s)
+    d.chain(s, head)
+    for t, tr, m in zip(ts, trs, ("1", "M"), strict=True):
+        d.edge(x, t)
+        d.edge(s, tr, "f_S")
+        d.edge(tr, feed, f"T_{m}(f_S)")
+        d.edge(t, feed, f"f_{m}", detached=True)
+    d.edge(head, ce, "l_S")
+    d.edge(y, ce)

@@ -105,3 +105,53 @@ def _born_again(d: Diagram) -> None:
         d.edge(gens[k], kl, "frozen", detached=True)
         d.edge(gens[k + 1], kl)
     d.same_rank(*gens)
+
+
+@diagram(
+    "prokt", "ProKT (Shi et al. 2021): a teacher trained with the student, held close"
+)
+def _prokt(d: Diagram) -> None:
+    x = d.data("image x", id="x")
+    y = d.data("label t", id="t")
+    tch = d.teacher("teacher\n(trained from scratch\nwith the student)", id="T")
+    s = d.student("student", id="S")
+    lt_ce = d.loss("(1 − λ) CE(l_T, t)", id="tce")
+    lt_kl = d.loss("λ KL(p_S ‖ p_T)\nthe teacher pulled\ntowards the student", id="tkl")
+    ls_kd = d.loss("T² KL(p_T ‖ p_S)\nthe student follows", id="kd")
+    d.edge(x, tch)
+    d.edge(x, s)
+    d.edge(tch, lt_ce, "l_T")
+    d.edge(y, lt_ce)
+    d.edge(tch, lt_kl, "l_T")
+    d.edge(s, lt_kl, "l_S", detached=True)
+    d.edge(s, ls_kd, "l_S")
+    d.edge(tch, ls_kd, "l_T", detached=True)
+    d.same_rank(lt_ce, lt_kl, ls_kd)
+
+
+@diagram(
+    "collab",
+    "Collaborative teaching (after Zhao et al. 2019): a scratch and an expert teacher",
+)
+def _collab(d: Diagram) -> None:
+    x = d.data("image x", id="x")
+    y = d.data("label t", id="t")
+    expert = d.teacher("expert teacher\n(pretrained, frozen)", id="E")
+    scratch = d.teacher(
+        "scratch teacher\n(trained from scratch\nwith the student)", id="C"
+    )
+    s = d.student("student", id="S")
+    at = d.loss("γ AT(stages_S, stages_E)\nwhere to look", id="at")
+    kd_ = d.loss("β T² KL(p_C(T) ‖ p_S(T))\nstep by step", id="kd")
+    ce = d.loss("α CE(l_S, t)", id="ce")
+    cce = d.loss("CE(l_C, t)", id="cce")
+    for n in (expert, scratch, s):
+        d.edge(x, n)
+    d.edge(expert, at, "attention maps", detached=True)
+    d.edge(s, at, "attention maps")
+    d.edge(scratch, kd_, "l_C", detached=True)
+    d.edge(s, kd_, "l_S")
+    d.edge(s, ce)
+    d.edge(scratch, cce)
+    d.edge(y, ce)
+    d.edge(y, cce)

@@ -1,6 +1,7 @@
 """Diagrams of the relation family, chapter 5 (survey §2.2.3, Eq. 4): the
 survey's Fig. 5 and one schematic per method that compares relations among
-the samples of a batch. CRD's diagram is drawn with the output family's.
+the samples of a batch, and CRCD's, which relates samples to anchors against a
+memory bank. CRD's diagram is drawn with the output family's.
 See kdutils/diagrams/__init__.py for the style."""
 
 from __future__ import annotations
@@ -143,3 +144,41 @@ def _cskd(d: Diagram) -> None:
     d.edge(st, lo, detached=True)
     d.edge(ss, li)
     d.edge(ss, lo)
+
+
+@diagram("crcd", "Complementary relation contrastive distillation (Zhu et al. 2021)")
+def _crcd(d: Diagram) -> None:
+    y, t, s, _ = _pair(d)
+    kd = d.loss("0.9 · KD(l_S, l_T)", id="kd")
+    grad = d.op("gradient elements\n∂CE/∂e (pool)", id="grad")
+    hs = d.aux("heads (features, gradients)\nLinear, L2-norm", id="hs")
+    ht = d.aux("heads (features, gradients)\nLinear, L2-norm", id="ht")
+    mem = d.op(
+        "memory banks M_S, M_T per element\n(one entry per training image,\n"
+        "momentum update)",
+        id="mem",
+    )
+    rel = d.op(
+        "anchors a_j: the batch's entries\nrelations n(v − a_j), n(m − a_j)\n"
+        "own entry + K negatives",
+        id="rel",
+    )
+    nce = d.loss(
+        "NCE on relations\n(features + gradients,\nboth anchor sides)", id="nce"
+    )
+    d.edge(t, kd, "l_T", detached=True)
+    d.edge(s, kd, "l_S")
+    d.edge(t, grad, "e_T, l_T", detached=True)
+    d.edge(s, grad, "e_S, l_S")
+    d.edge(s, hs, "e_S")
+    d.edge(t, ht, "e_T", detached=True)
+    d.edge(grad, hs, "∂CE/∂e_S")
+    d.edge(grad, ht, "∂CE/∂e_T")
+    d.edge(hs, rel, "v_S")
+    d.edge(ht, rel, "v_T")
+    d.edge(hs, mem, "update", detached=True)
+    d.edge(ht, mem, "update", detached=True)
+    d.edge(mem, rel, detached=True)
+    d.edge(y, grad)
+    d.edge(y, rel, "classes of\nthe negatives")
+    d.edge(rel, nce, "scores")

@@ -1,5 +1,5 @@
 """Diagrams of chapter 7, self-distillation (survey §2.3.2): the survey's
-Fig. 7, BYOT and BAKE (see kdutils/diagrams/__init__.py for the style)."""
+Fig. 7, BYOT, BAKE and FRSKD (see kdutils/diagrams/__init__.py for the style)."""
 
 from __future__ import annotations
 
@@ -75,3 +75,35 @@ def _bake(d: Diagram) -> None:
     d.edge(s, kl, "l")
     d.edge(s, ce, "l")
     d.edge(t, ce)
+
+
+@diagram(
+    "frskd",
+    "FRSKD (Ji et al. 2021): a self-teacher refines the classifier's own features",
+)
+def _frskd(d: Diagram) -> None:
+    x = d.data("image x", id="x")
+    t = d.data("label t", id="t")
+    stages = [d.student(f"stage {i}", id=f"F{i}") for i in (1, 2, 3)]
+    head = d.student("pool, fc", id="head")
+    with d.group("self-teacher, dropped after training", "aux"):
+        bifpn = d.aux(
+            "BiFPN layer\nlateral, top-down, bottom-up\n(weighted fusion)", id="bifpn"
+        )
+        t_head = d.aux("pool, fc", id="thead")
+    ce = d.loss("CE(l, t)", id="ce")
+    self_ce = d.loss("CE(l_T, t)", id="selfce")
+    kd = d.loss("α T² KL(p_T ‖ p)", id="kd")
+    at = d.loss("β Σ_i AT(F_i, R_i)", id="at")
+    d.chain(x, *stages, head)
+    for i, s in enumerate(stages, 1):
+        d.edge(s, bifpn, f"F_{i}")
+        d.edge(s, at, f"F_{i}")
+    d.edge(bifpn, t_head, "R_3")
+    d.edge(bifpn, at, "R_1, R_2, R_3", detached=True)
+    d.edge(t_head, self_ce, "l_T")
+    d.edge(t_head, kd, "p_T", detached=True)
+    d.edge(head, kd, "l")
+    d.edge(head, ce, "l")
+    d.edge(t, ce)
+    d.edge(t, self_ce)

@@ -1,5 +1,6 @@
 """Diagrams of chapter 12, distilling into small networks (survey section 3.2):
-early-stopped KD, teacher assistants (TAKD) and densely guided KD (DGKD).
+early-stopped KD, teacher assistants (TAKD), densely guided KD (DGKD) and
+stepwise relational distillation (the stand-in for Liu & Zhang 2021).
 See kdutils/diagrams/__init__.py for the style."""
 
 from __future__ import annotations
@@ -71,3 +72,33 @@ def _dgkd(d: Diagram) -> None:
     d.edge(s, kl, "l_S")
     d.edge(s, ce, "l_S")
     d.edge(y, ce)
+
+
+@diagram(
+    "stepwise_rkd",
+    "Stepwise relational distillation (after Liu & Zhang 2021): RKD + KD per step",
+)
+def _stepwise_rkd(d: Diagram) -> None:
+    x = d.data("batch x¹ … x_B", id="x")
+    with d.group("step 1: the intermediate network learns from the teacher"):
+        t = d.teacher("teacher\n(trained alone, frozen)", id="T")
+        a1 = d.student("intermediate A\n(trained)", id="A1")
+        r1 = d.loss("RKD: distances, angles\n(relations between samples)", id="r1")
+        k1 = d.loss("KD on each sample\n(individual information)", id="k1")
+    with d.group("step 2: the student learns from the intermediate network"):
+        a2 = d.teacher("intermediate A\n(finished, frozen)", id="A2")
+        s = d.student("student\n(trained)", id="S")
+        r2 = d.loss("RKD: distances, angles\n(relations between samples)", id="r2")
+        k2 = d.loss("KD on each sample\n(individual information)", id="k2")
+    d.edge(x, t)
+    d.edge(x, a1)
+    d.edge(t, r1, "e_T", detached=True)
+    d.edge(t, k1, "l_T", detached=True)
+    d.edge(a1, r1, "e_A")
+    d.edge(a1, k1, "l_A")
+    d.edge(a1, a2, "its run becomes\nthe next teacher", style="bold", color="#b35900")
+    d.edge(x, s)
+    d.edge(a2, r2, "e_A", detached=True)
+    d.edge(a2, k2, "l_A", detached=True)
+    d.edge(s, r2, "e_S")
+    d.edge(s, k2, "l_S")

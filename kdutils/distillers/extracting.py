@@ -3,10 +3,12 @@
 Survey Eq. (3): ``L_KD = DF(sum_i alpha_i f_S^i, sum_j beta_j f_T^j)``: the
 student matches a summary of the teacher's maps (fixed weights for AT, FSP and
 NST; learned ones for AFD, AFM and ReviewKD), not the maps themselves. The
-family is split in two modules along that line: this one holds the fixed
-summaries (AT, FSP, NST); :mod:`~kdutils.distillers.extracting_learned` holds
-the learned ones (AFD, AFM, ReviewKD). Both draw on the losses of
-:mod:`kdutils.losses.extracting` and on :mod:`~kdutils.distillers.features`.
+family is split along that line: this module holds the fixed summaries (AT,
+FSP, NST); :mod:`~kdutils.distillers.extracting_learned` holds the learned
+ones (AFD, AFM, ReviewKD), and :mod:`~kdutils.distillers.extracting_guided`
+those that first choose which features to compare (TOFD, MGD). All draw on
+the losses of :mod:`kdutils.losses.extracting` and on
+:mod:`~kdutils.distillers.features`.
 
 Layers, for the CIFAR ResNets of :mod:`kdutils.models`: the three stage outputs
 (``stage_layers()``), plus the stem for FSP, each as the method's reference

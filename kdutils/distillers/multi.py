@@ -9,6 +9,9 @@ as a list of one. The student alone is deployed.
 - ``amtmlkd``: per-sample teacher weights from learned latent teacher
   representations, plus hints from every teacher (Liu et al. 2020d; Table
   1's "ALTKD (3 teachers)").
+- ``feed``: a feature-level ensemble: one non-linear transformation of the
+  student's last map per teacher, each matched with that teacher's last map
+  (Park & Kwak 2019, parallel FEED).
 
 ``teacher_outputs(x)`` returns the teachers' logits stacked as ``(B, M, K)``
 (and each teacher's hint layer); a single teacher's ``(B, K)`` logits, as the
@@ -25,6 +28,7 @@ from ..checks import check_T
 from ..data import Loader
 from ..inference import inference_batch_size, is_channels_last
 from ..losses import (
+    feed_loss,
     hint_loss,
     kl_to_targets,
     rkd_angle_loss,
@@ -36,7 +40,7 @@ from ..models import capture
 from .base import Distiller, check_weights, register
 from .selfkd import stage_channels
 
-__all__ = ["AvgKD", "AMTMLKD"]
+__all__ = ["AvgKD", "AMTMLKD", "FEED", "FEEDTransform"]
 
 
 class _MultiTeacher(Distiller):
@@ -265,4 +269,89 @@ class AMTMLKD(_MultiTeacher):
             "rkd": self.rkd_weight * rkd,
             "hint": self.hint_weight * hint,
             "reg": self.reg_weight * reg,
+        }
+
+
+class FEEDTransform(nn.Sequential):
+    """A FEED transformation layer: three 3x3 convolutions, each followed by a
+    leaky ReLU (slope 0.1), ``C_s -> C_s -> C_t -> C_t`` channels, sizes kept.
+
+    Factor transfer's translator (``kim2018paraphrasing``), which FEED uses as
+    its non-linear transformation, here mapping to the teacher's channels
+    (FEED has no paraphraser on the teacher's side).
+    """
+
+    def __init__(self, c_s: int, c_t: int) -> None:
+        super().__init__(
+            nn.Conv2d(c_s, c_s, 3, 1, 1),
+            nn.LeakyReLU(0.1),
+            nn.Conv2d(c_s, c_t, 3, 1, 1),
+            nn.LeakyReLU(0.1),
+            nn.Conv2d(c_t, c_t, 3, 1, 1),
+            nn.LeakyReLU(0.1),
+        )
+
+
+@register(
+    "feed",
+    section="2.3.3",
+    status="stand-in",
+    note=(
+        "Park & Kwak 2019 (FEED), parallel version: only the paper's abstract "
+        "could be read, so the transformation layers and the L1 loss with its "
+        "weight are taken from factor transfer, which FEED builds on"
+    ),
+)
+class FEED(_MultiTeacher):
+    """Feature-level ensemble for KD, parallel version (Park & Kwak 2019).
+
+    Every teacher m has its own transformation layer ``T_m``
+    (:class:`FEEDTransform`) on the student's last feature map ``f_S``
+    (``layer3``); ``T_m(f_S)`` is matched with teacher m's ``layer3`` map
+    by :func:`kdutils.losses.feed_loss` (the L1 distance of L2-normalised
+    maps, summed over the teachers). The loss is ``ce_weight CE(z_S, y) +
+    feed_weight feed_loss``. All transformations read the same student map,
+    so the map has to serve every teacher at once: the ensemble is formed in
+    the student's features, not in the targets. The transformations are
+    dropped after training; the student alone is deployed. Defaults: factor
+    transfer's (``kim2018paraphrasing``, whose loss and translator FEED
+    adopts): beta = ``feed_weight`` 500, p = 1, CE weight 1; no KD term.
+    Student and teacher maps must have one spatial size. Sequential FEED
+    (teachers one after another) is not implemented. Terms: ``ce``, ``feed``.
+    """
+
+    hint_layer = "layer3"
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        feed_weight: float = 500.0,
+        ce_weight: float = 1.0,
+    ) -> None:
+        check_weights(feed_weight=feed_weight, ce_weight=ce_weight)
+        c_s = stage_channels(student, "FEED (student)")[-1]
+        super().__init__(student, teacher)
+        c_t = [stage_channels(t, "FEED (teacher)")[-1] for t in self.teachers]
+        self.feed_weight, self.ce_weight = feed_weight, ce_weight
+        self.transforms = nn.ModuleList(FEEDTransform(c_s, c) for c in c_t)
+
+    def transformed(self, feat_s: Tensor) -> list[Tensor]:
+        """``T_m(f_S)`` for every teacher m, ``(B, C_m, H, W)``."""
+        return [t(feat_s) for t in self.transforms]
+
+    def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
+        with capture(self.student, [self.hint_layer]) as feats:
+            logits_s = self.student(x)
+        _, maps_t = self._teacher_out(x, teacher_out)
+        maps_s = self.transformed(feats[self.hint_layer])
+        for m, (f_s, f_t) in enumerate(zip(maps_s, maps_t, strict=True)):
+            if f_s.shape[2:] != f_t.shape[2:]:
+                raise ValueError(
+                    f"FEED matches maps of one size: student {self.hint_layer} "
+                    f"{tuple(f_s.shape[2:])}, teacher {m} {tuple(f_t.shape[2:])}"
+                )
+        return logits_s, {
+            "ce": self.ce_weight * F.cross_entropy(logits_s, y),
+            "feed": self.feed_weight * feed_loss(maps_s, maps_t),
         }

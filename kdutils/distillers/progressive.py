@@ -10,6 +10,12 @@ teacher:
   frozen teachers, anchor points along a teacher's training, each teaching
   the student for an equal share of the epochs, earliest first; the
   pipeline :func:`kdutils.pipelines.route_kd` makes the anchors.
+- ``prokt``: "follow your path" (Shi et al. 2021). A teacher of the
+  teacher's architecture is trained from scratch alongside the student; its
+  own loss keeps it close to the student, and the student learns from it.
+- ``collab``: a stand-in for collaborative teaching (Zhao et al. 2019): a
+  teacher trained from scratch beside the student teaches its outputs, a
+  pretrained expert teacher its attention maps.
 """
 
 from __future__ import annotations
@@ -22,11 +28,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..checks import check_int
-from ..losses import kd_loss, snapshot_kd_loss
+from ..losses import at_loss, kd_loss, prokt_teacher_loss, snapshot_kd_loss
 from ..models import capture
 from .base import Distiller, check_weights, register
+from .extracting import _check_poolable
+from .features import paired_shapes, student_features, teacher_features
+from .online import fresh_copy, member_metrics
 
-__all__ = ["Snapshot", "RCO", "cycle_starts"]
+__all__ = ["Snapshot", "RCO", "ProKT", "Collab", "cycle_starts"]
 
 
 def cycle_starts(epochs: int, cycles: int) -> list[int]:
@@ -218,4 +227,162 @@ class RCO(Distiller):
         return logits_s, {
             "ce": self.ce_weight * F.cross_entropy(logits_s, y),
             "kd": self.kd_weight * kd_loss(logits_s, t["logits"], self.T),
+        }
+
+
+@register("prokt", section="2.3.4")
+class ProKT(Distiller):
+    """Follow your path: a teacher trained with the student, held close to it (Shi et al. 2021).
+
+    ``self.mentor`` is a network of the teacher's architecture with freshly
+    drawn weights (:func:`~kdutils.distillers.online.fresh_copy` of the given
+    teacher, whose trained weights are not used), trained together with the
+    student. On every batch:
+
+    - the teacher's loss, :func:`~kdutils.losses.prokt_teacher_loss`:
+      ``(1 - lambda) CE(z_t, y) + lambda KL(p_s || p_t)`` with the student's
+      prediction detached, ``lambda = move_back_weight``: a label step,
+      projected back towards what the student can currently reach (the
+      paper's approximate mirror descent);
+    - the student's loss: ``kd_weight * KL(p_t || p_s)`` at ``T`` with the
+      teacher detached (:func:`~kdutils.losses.kd_loss`, with its T^2), plus
+      ``ce_weight * CE(z_s, y)``.
+
+    Defaults follow the authors' public code (text classification; no image
+    code is public): ``move_back_weight = 0.4`` (their example), T = 1, and a
+    student that learns from the teacher alone (``ce_weight = 0``,
+    ``kd_weight = 1``: their student criterion puts weight 1 on the KL). The
+    code starts the teacher from a generic pretrained language model (not
+    trained on the task); here it starts from random weights, as the survey
+    describes ProKT ("舍弃了预训练模型", no pretrained model).
+
+    Update order. The code steps the teacher first and then the student
+    against the *updated* teacher, with two optimisers (teacher learning rate
+    3e-5, student 1e-4, Adam, for BERT). Here both take one step of the
+    run's optimiser on the summed terms: every target is detached, so each
+    network's gradient is exactly that of its own loss, and the student sees
+    the teacher of before, not after, its step on the same batch (one step of
+    lag, as in ``dml``). Terms: ``ce``, ``kd`` (the student),
+    ``teacher_ce`` and ``teacher_kl`` (the mentor's two weighted parts).
+    ``epoch_metrics``: the two networks' test accuracies (``acc0`` student,
+    ``acc1`` teacher) and their agreement.
+    """
+
+    cache_teacher = False
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        move_back_weight: float = 0.4,
+        T: float = 1.0,
+        ce_weight: float = 0.0,
+        kd_weight: float = 1.0,
+    ) -> None:
+        if not 0.0 <= move_back_weight <= 1.0:
+            raise ValueError(
+                f"move_back_weight must be in [0, 1], got {move_back_weight}"
+            )
+        if T <= 0:
+            raise ValueError(f"temperature T must be > 0, got {T}")
+        check_weights(ce_weight=ce_weight, kd_weight=kd_weight)
+        super().__init__(student, teacher)
+        self.move_back_weight, self.T = move_back_weight, T
+        self.ce_weight, self.kd_weight = ce_weight, kd_weight
+        # Only the architecture of the given teacher is used: a fresh copy
+        # that trains (the trainer's optimiser takes its parameters).
+        self.mentor = fresh_copy(teacher).requires_grad_(True)
+        self.teacher = None
+
+    def epoch_metrics(self, test) -> dict[str, float]:
+        """:func:`~kdutils.distillers.online.member_metrics` of student and teacher."""
+        return member_metrics([self.student, self.mentor], test)
+
+    def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
+        logits_s = self.student(x)
+        logits_t = self.mentor(x)
+        lam = self.move_back_weight
+        # prokt_teacher_loss's two parts, reported apart: lambda = 0 is its
+        # label term, lambda = 1 its KL towards the (detached) student.
+        target = logits_s.detach()
+        return logits_s, {
+            "ce": self.ce_weight * F.cross_entropy(logits_s, y),
+            "kd": self.kd_weight * kd_loss(logits_s, logits_t.detach(), self.T),
+            "teacher_ce": (1.0 - lam) * prokt_teacher_loss(target, logits_t, y, 0.0),
+            "teacher_kl": lam * prokt_teacher_loss(target, logits_t, y, 1.0),
+        }
+
+
+@register(
+    "collab",
+    section="2.3.4",
+    status="stand-in",
+    note="Zhao et al. 2019 (collaborative teaching): built from "
+    "the paper's abstract; its loss weights, temperature and attention layers "
+    "could not be read, so KD's and AT's defaults are used",
+)
+class Collab(Distiller):
+    """Collaborative teaching, two teachers at once (after Zhao et al. 2019).
+
+    A *scratch teacher* (``self.scratch``, the teacher's architecture with
+    freshly drawn weights) trains on the labels beside the student and
+    teaches it its current outputs, step by step along its own training; the
+    given, pretrained *expert teacher* (frozen) teaches the student where to
+    look, through the attention maps of the three stages. The student
+    minimises ``ce_weight * CE(z_s, y) + kd_weight * kd_loss(z_s, z_scratch,
+    T) + at_weight * at_loss(stages_s, stages_expert, p)``, the scratch
+    teacher ``CE(z_scratch, y)``; the scratch teacher's logits are detached
+    in the student's term. One step of the run's optimiser trains both.
+
+    A stand-in: the paper's exact loss could not be read, so the structure is
+    its abstract's and the survey's (a teacher trained along with the student
+    guides the output layer, a pretrained one the intermediate layers) and
+    the defaults are those of the two losses it combines: Hinton's term with
+    RepDistiller's T = 4 and weights 0.1 (CE) and 0.9 (KD), attention
+    transfer with the authors' p = 2 and weight 1000. Terms: ``ce``, ``kd``,
+    ``at`` (the student), ``teacher_ce`` (the scratch teacher).
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        T: float = 4.0,
+        p: float = 2.0,
+        ce_weight: float = 0.1,
+        kd_weight: float = 0.9,
+        at_weight: float = 1000.0,
+    ) -> None:
+        if T <= 0:
+            raise ValueError(f"temperature T must be > 0, got {T}")
+        if p <= 0:
+            raise ValueError(f"p must be > 0, got {p}")
+        check_weights(ce_weight=ce_weight, kd_weight=kd_weight, at_weight=at_weight)
+        super().__init__(student, teacher)
+        self.T, self.p = T, p
+        self.ce_weight, self.kd_weight, self.at_weight = ce_weight, kd_weight, at_weight
+        self.student_layers = tuple(student.stage_layers())
+        self.teacher_layers = tuple(teacher.stage_layers())
+        self.scratch = fresh_copy(teacher).requires_grad_(True)
+
+    def setup(self, data) -> None:
+        shapes = paired_shapes(self, data, self.student_layers, self.teacher_layers)
+        _check_poolable(
+            "collab", self.student_layers, shapes[0], self.teacher_layers, shapes[1]
+        )
+
+    def epoch_metrics(self, test) -> dict[str, float]:
+        """:func:`~kdutils.distillers.online.member_metrics` of student and scratch teacher."""
+        return member_metrics([self.student, self.scratch], test)
+
+    def forward(self, x: Tensor, y: Tensor, teacher_out=None, idx=None):
+        logits_s, feats_s = student_features(self, x, self.student_layers)
+        expert = teacher_features(self, x, teacher_out)
+        logits_scratch = self.scratch(x)
+        feats_t = [expert[k] for k in self.teacher_layers]
+        return logits_s, {
+            "ce": self.ce_weight * F.cross_entropy(logits_s, y),
+            "kd": self.kd_weight * kd_loss(logits_s, logits_scratch.detach(), self.T),
+            "at": self.at_weight * at_loss(feats_s, feats_t, self.p),
+            "teacher_ce": F.cross_entropy(logits_scratch, y),
         }

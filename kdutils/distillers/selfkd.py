@@ -9,6 +9,9 @@ No pre-trained teacher: the network teaches itself,
   model is the whole student, its own (deepest) classifier.
 - ``bake``: each sample's soft target is the batch's predictions propagated
   along feature affinities (Ge et al. 2021); nothing but the student trains.
+
+FRSKD, whose self-teacher network refines the stages' features, is in the
+family's second module, :mod:`~kdutils.distillers.selfkd_refined`.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ family has two): ``traditional`` (Hinton's soft targets, section 1),
 ``relation`` (structure between samples, 2.2.3; CRD's memory and loss in
 ``relation_contrastive``), ``online``, ``selfkd``, ``multi``, ``progressive``
 and ``adversarial`` (2.3.1 to 2.3.5); ``after_survey`` (logit methods
-published after the survey, 2022-2024, beside 2.1). ``distillers/small.py``
+published after the survey, 2022-2024, beside 2.1; multi-level logit
+distillation in ``after_survey_levels``). ``distillers/small.py``
 (section 3.2) uses ``kd_loss``. A method's cached runs depend only on the
 modules it imports.
 """
@@ -23,6 +24,8 @@ from .adversarial import *  # noqa: F403
 from .adversarial import __all__ as _adversarial
 from .after_survey import *  # noqa: F403
 from .after_survey import __all__ as _after_survey
+from .after_survey_levels import *  # noqa: F403
+from .after_survey_levels import __all__ as _after_survey_levels
 from .extracting import *  # noqa: F403
 from .extracting import __all__ as _extracting
 from .fitting import *  # noqa: F403
@@ -57,4 +60,5 @@ __all__ = [
     *_progressive,
     *_adversarial,
     *_after_survey,
+    *_after_survey_levels,
 ]

@@ -19,6 +19,8 @@ __all__ = [
     "generator_bce_loss",
     "discriminator_accuracy",
     "l1_match_loss",
+    "ls_discriminator_loss",
+    "ls_generator_loss",
 ]
 
 
@@ -88,3 +90,30 @@ def l1_match_loss(out_s: Tensor, out_t: Tensor) -> Tensor:
             f"{tuple(out_s.shape)} and {tuple(out_t.shape)}"
         )
     return (out_s - out_t).abs().mean()
+
+
+def ls_discriminator_loss(d_real: Tensor, d_fake: Tensor) -> Tensor:
+    """Least-squares discriminator loss: ``mean (1 - D(real))^2 + mean D(fake)^2``.
+
+    ``D`` is the discriminator's raw output (no sigmoid), pushed to 1 on
+    "real" and to 0 on "fake" (Mao et al.'s LSGAN with targets 1 and 0), the
+    form of online adversarial feature-map distillation, where "real" is a
+    peer's feature map and "fake" the network's own. Shapes ``(B,), (B',) ->
+    ()`` (``(B, 1)`` accepted).
+
+    Reference: ``chung2020feature``; survey section 2.3.5.
+    """
+    d_real = _scores(d_real, "ls_discriminator_loss (real scores)")
+    d_fake = _scores(d_fake, "ls_discriminator_loss (fake scores)")
+    return (1.0 - d_real).pow(2).mean() + d_fake.pow(2).mean()
+
+
+def ls_generator_loss(d_fake: Tensor) -> Tensor:
+    """Least-squares generator loss: ``mean (1 - D(fake))^2``.
+
+    The network whose map is "fake" learns to have it scored as real.
+    Shapes ``(B,) -> ()`` (``(B, 1)`` accepted).
+
+    Reference: ``chung2020feature``; survey section 2.3.5.
+    """
+    return (1.0 - _scores(d_fake, "ls_generator_loss")).pow(2).mean()

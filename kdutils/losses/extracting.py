@@ -5,7 +5,9 @@ of feature maps rather than the maps themselves (survey Eq. (3)): attention
 maps (AT), flow matrices between two layers (FSP), the distribution of channel
 activations (NST), channel-weighted normalised maps (AFD), attention-weighted
 matches over all layer pairs (AFM) and pooled pyramids of fused features
-(ReviewKD's HCL).
+(ReviewKD's HCL); and, for :mod:`~kdutils.distillers.extracting_guided`,
+TOFD's fit of task-oriented features with its orthogonal penalty, and MGD's
+channel reduction of matched teacher channels with its partial L2 distance.
 
 Feature lists are ``feats_s`` / ``feats_t``: one ``(B, C, H, W)`` tensor per
 layer, student first. Where a loss pools, the larger map is adaptive-average
@@ -15,8 +17,10 @@ pooling cannot resolve raises ``ValueError`` naming the pair and the shapes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -29,6 +33,13 @@ __all__ = [
     "afd_loss",
     "afm_loss",
     "hcl_loss",
+    "tofd_kd_loss",
+    "tofd_feature_loss",
+    "orthogonal_loss",
+    "overhaul_margin",
+    "partial_l2_loss",
+    "mgd_reduce",
+    "mgd_loss",
 ]
 
 
@@ -244,3 +255,179 @@ def hcl_loss(feats_s: Sequence[Tensor], feats_t: Sequence[Tensor]) -> Tensor:
             weights += weight
         total = total + loss / weights
     return total
+
+
+def tofd_kd_loss(logits_s: Tensor, logits_t: Tensor, T: float) -> Tensor:
+    """TOFD's logit term: soft cross-entropy ``-mean_b sum_k softmax(t/T)_k log softmax(s/T)_k``.
+
+    No ``T^2`` factor and the teacher's entropy included (the authors' code's
+    ``CrossEntropy``): the KL's gradient, a value that does not vanish for
+    equal logits. Shapes ``(B, K), (B, K) -> ()``. Reference ``zhang2020task``.
+    """
+    if T <= 0:
+        raise ValueError(f"temperature T must be > 0, got {T}")
+    if logits_s.dim() != 2 or logits_s.shape != logits_t.shape:
+        raise ValueError(
+            "tofd_kd_loss: expected two (B, K) logit tensors of one shape, got "
+            f"{tuple(logits_s.shape)} and {tuple(logits_t.shape)}"
+        )
+    q = F.softmax(logits_t / T, dim=1)
+    return -(q * F.log_softmax(logits_s / T, dim=1)).sum(1).mean()
+
+
+def tofd_feature_loss(embs_s: Sequence[Tensor], embs_t: Sequence[Tensor]) -> Tensor:
+    """TOFD's feature term: ``sum_i ||e_S^i - e_T^i||_2`` over the auxiliary classifiers.
+
+    ``embs_s[i]``, ``embs_t[i]`` ``(B, D)``: the student's task-oriented
+    feature (after its resizing layer) and the teacher's. The norm of the whole
+    batch's difference, neither squared nor averaged (``torch.dist`` in the
+    authors' code). Reference ``zhang2020task``, survey section 2.2.2.
+    """
+    if len(embs_s) != len(embs_t) or not embs_s:
+        raise ValueError(
+            f"tofd_feature_loss: {len(embs_s)} student and {len(embs_t)} teacher "
+            "features; give one pair per auxiliary classifier"
+        )
+    total = 0.0
+    for i, (e_s, e_t) in enumerate(zip(embs_s, embs_t, strict=True)):
+        if e_s.dim() != 2 or e_s.shape != e_t.shape:
+            raise ValueError(
+                f"tofd_feature_loss: pair {i} must be two (B, D) tensors of one "
+                f"shape, got {tuple(e_s.shape)} and {tuple(e_t.shape)}"
+            )
+        total = total + (e_s - e_t).flatten().norm()
+    return total
+
+
+def orthogonal_loss(weights: Sequence[Tensor]) -> Tensor:
+    """TOFD's orthogonal loss: ``sum_W ||W W^T - I||_F + ||W^T W - I||_F``.
+
+    ``weights``: the ``(D_out, D_in)`` matrices of the feature-resizing layers;
+    zero exactly when ``W`` is square and orthogonal. Not squared (the
+    authors' ``distill.py``, which uses ``torch.dist``; their unused
+    ``get_orth_loss`` squares it). Reference ``zhang2020task``.
+    """
+    if not weights or any(w.dim() != 2 for w in weights):
+        raise ValueError("orthogonal_loss: give one or more 2-D weight matrices")
+    total = 0.0
+    for w in weights:
+        eye_out = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
+        eye_in = torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
+        total = total + (w @ w.T - eye_out).norm() + (w.T @ w - eye_in).norm()
+    return total
+
+
+def overhaul_margin(bn_weight: Tensor, bn_bias: Tensor) -> Tensor:
+    """Per channel, the mean of the negative responses: ``E[x | x < 0]``, ``x ~ N(beta, gamma^2)``.
+
+    From the affine parameters of the batch norm before a ReLU (``gamma`` =
+    ``bn_weight``, ``beta`` = ``bn_bias``): ``beta - |gamma| phi(beta/|gamma|)
+    / Phi(-beta/|gamma|)``, or ``-3 |gamma|`` where ``Phi(-beta/|gamma|) <=
+    0.001``. Heo et al.'s margin (``heo2019comprehensive``), as MGD's code
+    computes it (``get_margin_from_BN``), in float64. Shapes ``(C,) -> (C,)``.
+    """
+    if bn_weight.shape != bn_bias.shape or bn_weight.dim() != 1:
+        raise ValueError(
+            "overhaul_margin: weight and bias must be two (C,) tensors, got "
+            f"{tuple(bn_weight.shape)} and {tuple(bn_bias.shape)}"
+        )
+    s, m = bn_weight.double().abs(), bn_bias.double()
+    cdf = torch.special.ndtr(-m / s)
+    pdf = torch.exp(-((m / s) ** 2) / 2) / math.sqrt(2 * math.pi)
+    margin = torch.where(cdf > 0.001, m - s * pdf / cdf, -3 * s)
+    return margin.to(bn_weight.dtype)
+
+
+def partial_l2_loss(feat_s: Tensor, target: Tensor, margin: Tensor) -> Tensor:
+    """Heo et al.'s partial L2: ``sum (s - t')^2 [s > t' or t' > 0]``, ``t' = max(t, m)``.
+
+    ``feat_s``, ``target`` ``(B, C, H, W)`` pre-ReLU maps; ``margin``
+    broadcastable to them (``(1, C, 1, 1)``). Where the teacher is off
+    (``t' = m < 0``) a student response below the margin costs nothing. A sum
+    over every element (MGD's ``distillation_loss``).
+    """
+    if feat_s.shape != target.shape:
+        raise ValueError(
+            f"partial_l2_loss: student {tuple(feat_s.shape)} and target "
+            f"{tuple(target.shape)} differ"
+        )
+    target = torch.max(target, margin)
+    mask = ((feat_s > target) | (target > 0)).to(feat_s.dtype)
+    return ((feat_s - target).pow(2) * mask).sum()
+
+
+def mgd_reduce(
+    feat_t: Tensor, margin: Tensor, guided: Tensor, n_s: int, reducer: str = "amp"
+) -> tuple[Tensor, Tensor]:
+    """MGD's channel reduction: the teacher channels matched to each student channel, reduced to one.
+
+    ``feat_t`` ``(B, C_t, H, W)``, ``margin`` ``(C_t,)``; ``guided`` ``(G *
+    n_s,)`` lists the teacher channel matched to student channel ``c`` in
+    group ``g`` at ``g * n_s + c`` (the assignment). Per student channel the
+    ``G`` matched maps become one: ``"amp"`` keeps, at each position, the
+    value of largest magnitude (margin: their mean); ``"sp"`` the maximum
+    (margin: the maximum); ``"rd"`` one at random per position (margin: one
+    at random per channel); ``"sm"`` (sparse matching, ``G = 1``) the one
+    matched channel. Returns ``(B, n_s, H, W)`` and ``(1, n_s, 1, 1)``.
+    Reference ``yue2020matching`` (the reducers of the authors' code).
+    """
+    if reducer not in ("amp", "sp", "rd", "sm"):
+        raise ValueError(f"reducer must be amp, sp, rd or sm, got {reducer!r}")
+    if n_s < 1 or guided.dim() != 1 or len(guided) % n_s:
+        raise ValueError(
+            f"mgd_reduce: {len(guided)} matched channels are not groups of {n_s}"
+        )
+    b, _, h, w = feat_t.shape
+    groups = len(guided) // n_s
+    if reducer == "sm" and groups != 1:
+        raise ValueError("mgd_reduce: sparse matching keeps one channel per student")
+    t = feat_t[:, guided].view(b, groups, n_s, h, w)
+    m = margin[guided].view(groups, n_s)
+    if reducer in ("amp", "sm"):
+        pick = t.abs().argmax(1, keepdim=True)  # (B, 1, n_s, H, W)
+        t, m = t.gather(1, pick).squeeze(1), m.mean(0)
+    elif reducer == "sp":
+        t, m = t.max(1).values, m.max(0).values
+    else:
+        pick = torch.randint(0, groups, (b, 1, n_s, h, w), device=t.device)
+        t = t.gather(1, pick).squeeze(1)
+        m = m.gather(0, torch.randint(0, groups, (1, n_s), device=m.device))[0]
+    return t, m.view(1, n_s, 1, 1)
+
+
+def mgd_loss(
+    feats_s: Sequence[Tensor],
+    feats_t: Sequence[Tensor],
+    margins: Sequence[Tensor],
+    guided: Sequence[Tensor],
+    reducer: str = "amp",
+) -> Tensor:
+    """Matching guided distillation: ``sum_i partial_l2(S_i, reduce(T_i)) / 2^(n-1-i) / B``.
+
+    ``feats_s`` the student's pre-ReLU maps after MGD's batch norm, ``(B,
+    n_s, H, W)``; ``feats_t`` the teacher's pre-ReLU maps ``(B, C_t, H, W)``
+    (``C_t >= n_s``), ``margins`` their :func:`overhaul_margin`; ``guided``
+    the assignment of each stage (:func:`mgd_reduce`). Shallower stages are
+    divided by powers of 2 (the deepest by 1), the sum by the batch size (the
+    authors' code; their extra factor is the Distiller's weight).
+    Reference ``yue2020matching``, survey section 2.2.2.
+    """
+    _check_pairs(feats_s, feats_t, "mgd_loss")
+    if not len(margins) == len(guided) == len(feats_s):
+        raise ValueError(
+            f"mgd_loss: {len(feats_s)} pairs, {len(margins)} margins and "
+            f"{len(guided)} assignments must agree"
+        )
+    n, total = len(feats_s), 0.0
+    for i, (f_s, f_t, m, g) in enumerate(
+        zip(feats_s, feats_t, margins, guided, strict=True)
+    ):
+        if f_s.shape[2:] != f_t.shape[2:]:
+            raise ValueError(
+                f"mgd_loss: pair {i} has student {tuple(f_s.shape)} and teacher "
+                f"{tuple(f_t.shape)}; MGD compares maps of one spatial size"
+            )
+        target, margin = mgd_reduce(f_t, m, g, f_s.shape[1], reducer)
+        loss = partial_l2_loss(f_s, target.detach(), margin.detach())
+        total = total + loss / 2.0 ** (n - 1 - i)
+    return total / feats_s[0].shape[0]

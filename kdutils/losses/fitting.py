@@ -4,7 +4,8 @@
 after a small learned connector) and the teacher's. The connectors
 (regressors, translators, paraphrasers) are modules and live in the
 Distillers (:mod:`kdutils.distillers.fitting`,
-:mod:`kdutils.distillers.fitting_added`); the functions here are pure.
+:mod:`kdutils.distillers.fitting_added`,
+:mod:`kdutils.distillers.fitting_shared`); the functions here are pure.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["hint_loss", "ab_loss", "ft_loss", "vid_loss"]
+__all__ = ["hint_loss", "ab_loss", "ft_loss", "vid_loss", "rocket_hint_loss"]
 
 
 def _check_same_shape(name: str, a: Tensor, b: Tensor, what: str = "") -> None:
@@ -118,3 +119,23 @@ def vid_loss(mean_s: Tensor, feat_t: Tensor, var: Tensor) -> Tensor:
         )
     v = var.view(1, -1, *([1] * (feat_t.dim() - 2)))  # (1, C, 1, 1)
     return (0.5 * ((mean_s - feat_t).pow(2) / v + v.log())).mean()
+
+
+def rocket_hint_loss(logits_l: Tensor, logits_b: Tensor) -> Tensor:
+    """Rocket launching's hint loss: the squared distance between the two nets' logits.
+
+    ``1/B sum_b ||l_b - z_b||^2``: the squared difference of the light net's
+    logits ``l`` and the booster's ``z`` (before the softmax), summed over the
+    classes and averaged over the batch, as the authors' CIFAR code computes it
+    (``((y - ys) * (y - ys)).sum() / batchSize``). Shapes ``(B, K), (B, K) ->
+    ()``. The caller detaches ``logits_b`` for the paper's gradient block (the
+    hint then never updates the booster's own layers).
+
+    Reference: ``zhou2018rocket``; survey section 2.2.1.
+    """
+    if logits_l.dim() != 2:
+        raise ValueError(
+            f"rocket_hint_loss: logits must be (B, K), got {tuple(logits_l.shape)}"
+        )
+    _check_same_shape("rocket_hint_loss", logits_l, logits_b)
+    return (logits_l - logits_b).pow(2).sum(1).mean()

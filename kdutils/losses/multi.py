@@ -4,9 +4,14 @@ The student learns from an ensemble of several teachers' outputs,
 ``L = L_t(l_S, t) + L_KD(l_S, E(l_T1, l_T2, ...))``. ``E`` is the plain mean
 of the teachers' softened predictions (You et al. 2017) or a per-sample
 weighted mean whose weights are learned (AMTML-KD, Liu et al. 2020d).
+FEED (Park & Kwak 2019) integrates the teachers at the feature level instead:
+one transformation of the student's map per teacher, each matched with that
+teacher's map.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -14,7 +19,12 @@ from torch import Tensor
 
 from ..checks import check_T
 
-__all__ = ["kl_to_targets", "teacher_ensemble_targets", "teacher_attention_weights"]
+__all__ = [
+    "kl_to_targets",
+    "teacher_ensemble_targets",
+    "teacher_attention_weights",
+    "feed_loss",
+]
 
 
 def kl_to_targets(logits_s: Tensor, probs_t: Tensor, T: float = 4.0) -> Tensor:
@@ -91,3 +101,38 @@ def teacher_attention_weights(emb: Tensor, theta: Tensor, w: Tensor) -> Tensor:
         )
     scores = (emb.unsqueeze(1) * theta.unsqueeze(0)) @ w  # (B, M, D) @ (D,) -> (B, M)
     return torch.softmax(scores, dim=1)
+
+
+def feed_loss(maps_s: Sequence[Tensor], maps_t: Sequence[Tensor]) -> Tensor:
+    """FEED's feature-level ensemble loss: one L1 term of normalised maps per teacher.
+
+    ``sum_m mean_{b,d} | T_m(f_S)/||T_m(f_S)||_2 - f_m/||f_m||_2 |``: for
+    teacher m, ``maps_s[m]`` is the student's map after that teacher's
+    transformation layer ``T_m`` and ``maps_t[m]`` the teacher's map, both
+    ``(B, C_m, H, W)``, each sample flattened to ``D = C_m H W`` and
+    L2-normalised (factor transfer's p = 1 distance, which FEED adopts),
+    the mean over the batch and the D entries, summed over the M teachers.
+    Shapes: two lists of M maps, pairwise of one shape -> ``()``.
+
+    Reference: ``park2019feed`` (the loss of ``kim2018paraphrasing``);
+    survey section 2.3.3.
+    """
+    if len(maps_s) == 0 or len(maps_s) != len(maps_t):
+        raise ValueError(
+            f"feed_loss: expected one transformed student map per teacher map, "
+            f"got {len(maps_s)} and {len(maps_t)}"
+        )
+    total = 0.0
+    for m, (f_s, f_t) in enumerate(zip(maps_s, maps_t, strict=True)):
+        if f_s.shape != f_t.shape or f_s.dim() < 2:
+            raise ValueError(
+                f"feed_loss: teacher {m}: transformed student map "
+                f"{tuple(f_s.shape)} and teacher map {tuple(f_t.shape)} must have "
+                "one (B, ...) shape"
+            )
+        b = f_s.shape[0]
+        diff = F.normalize(f_s.reshape(b, -1), dim=1) - F.normalize(
+            f_t.reshape(b, -1), dim=1
+        )
+        total = total + diff.abs().mean()
+    return total

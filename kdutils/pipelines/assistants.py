@@ -8,9 +8,12 @@ run that teaches the next through ``Config.teacher_runs``:
 - :func:`takd`: teacher -> assistant(s) -> student, each model distilled from
   the one before it (Mirzadeh et al. 2019);
 - :func:`dgkd`: every model distilled from *all* the larger ones, with guides
-  dropped at random (Son et al. 2021; the ``dgkd`` Distiller).
+  dropped at random (Son et al. 2021; the ``dgkd`` Distiller);
+- :func:`stepwise_rkd`: TAKD's chain with relational distillation plus KD at
+  every step, a stand-in for Liu & Zhang's (2021) stepwise relational
+  compression.
 
-Both take the student's config (``cfg.teacher`` the teacher, ``cfg.student``
+All take the student's config (``cfg.teacher`` the teacher, ``cfg.student``
 the student, ``cfg.seed`` the student's seed), return every stage's
 :class:`~kdutils.results.Result`, largest model first, and print what each
 stage cost. Assistants, like teachers, are trained once (seed
@@ -33,7 +36,7 @@ from ..runs import run_id
 from ..train import run
 from .registry import pipeline
 
-__all__ = ["takd", "dgkd", "chain_sizes"]
+__all__ = ["takd", "dgkd", "stepwise_rkd", "chain_sizes"]
 
 
 def chain_sizes(cfg: Config, assistants: Sequence[str]) -> list[tuple[str, int]]:
@@ -116,6 +119,18 @@ def takd(
     ``cfg.method`` is used at every stage (``kd`` in the paper). ``run`` and
     ``run_kwargs`` are passed to every stage. Reference: ``mirzadeh2019improved``.
     """
+    return _chain("takd", cfg, assistants, assistant_seed, run, run_kwargs)
+
+
+def _chain(
+    tag: str,
+    cfg: Config,
+    assistants: Sequence[str],
+    assistant_seed: int | None,
+    run: Callable[..., Result],
+    run_kwargs: dict,
+) -> list[Result]:
+    """TAKD's chain with ``cfg.method`` at every step; stage lines tagged ``tag``."""
     chain_sizes(cfg, assistants)
     seed = cfg.teacher_seed if assistant_seed is None else assistant_seed
     teacher = run(teacher_config(cfg), **run_kwargs)
@@ -133,7 +148,7 @@ def takd(
     )
     student = run(student_cfg, **run_kwargs)
     stages.append((f"student {cfg.student} from {prev_arch}", student))
-    _report("takd", stages)
+    _report(tag, stages)
     return [r for _, r in stages]
 
 
@@ -190,3 +205,43 @@ def dgkd(
     stages.append((f"student {cfg.student} from {' + '.join(archs)}", student))
     _report("dgkd", stages)
     return [r for _, r in stages]
+
+
+@pipeline(
+    "stepwise_rkd",
+    section="3.2",
+    status="stand-in",
+    note=(
+        "Liu & Zhang 2021 (stepwise relational distillation): only "
+        "its abstract could be read, so the 'individual information' added at "
+        "each step is taken to be Hinton's KD and RKD keeps its own weights"
+    ),
+)
+def stepwise_rkd(
+    cfg: Config,
+    assistants: Sequence[str],
+    *,
+    assistant_seed: int | None = None,
+    run: Callable[..., Result] = run,
+    **run_kwargs,
+) -> list[Result]:
+    """Stepwise relational distillation through an intermediate network.
+
+    Liu & Zhang (2021) put an intermediate network between teacher and
+    student and distil relationally step by step, adding "individual"
+    (单体) information to every step. Their abstract says no more, and the
+    paper could not be read, so this is our reading: TAKD's chain
+    (:func:`takd`, the same stages, caching and report) with ``rkd`` at every
+    step and its ``kd_weight`` > 0, so that each step adds Hinton's KD on
+    each sample's outputs to RKD's distances and angles between samples.
+    ``cfg.method`` must be ``"rkd"`` with ``kd_weight`` > 0 (RepDistiller's
+    combined form uses ``kd_weight=1``, ``T=4``). Returns ``[teacher,
+    *assistants, student]``. Reference: ``liu2021stepwise``; survey 3.2.
+    """
+    if cfg.method != "rkd" or not cfg.method_args.get("kd_weight", 0) > 0:
+        raise ValueError(
+            "stepwise_rkd() distils with RKD plus KD at every step: give a config "
+            "with method='rkd' and kd_weight > 0 (e.g. kd_weight=1.0), got "
+            f"method={cfg.method!r}, kd_weight={cfg.method_args.get('kd_weight')!r}"
+        )
+    return _chain("stepwise_rkd", cfg, assistants, assistant_seed, run, run_kwargs)

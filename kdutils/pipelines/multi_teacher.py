@@ -5,7 +5,8 @@ each cross-entropy alone with the student's data and recipe (the same run as
 ``teacher_config`` gives for that architecture, so a teacher is shared with
 every chapter and with Table 1's reproduction), then the student with
 ``teacher_runs`` naming all of them: ``avgkd`` averages their soft targets,
-``amtmlkd`` weights them per sample (Table 1's ALTKD row, 3 teachers).
+``amtmlkd`` weights them per sample (Table 1's ALTKD row, 3 teachers),
+``feed`` matches the student's features with every teacher's.
 """
 
 from __future__ import annotations
@@ -49,14 +50,14 @@ def multi_teacher(
 ) -> list[Result]:
     """Train every teacher alone (once), then ``cfg``'s student from all of them.
 
-    ``cfg.method`` is a multi-teacher method (``avgkd``, ``amtmlkd``);
+    ``cfg.method`` is a multi-teacher method (``avgkd``, ``amtmlkd``, ``feed``);
     ``teachers`` are architectures, in the order their weights are reported.
     Returns ``[*teachers, student]``; the student's ``cfg.teacher`` becomes
     the first teacher's architecture. ``run`` and ``run_kwargs`` go to every run.
     """
-    if cfg.method not in ("avgkd", "amtmlkd"):
+    if cfg.method not in ("avgkd", "amtmlkd", "feed"):
         raise ValueError(
-            f"multi_teacher() needs a multi-teacher method (avgkd, amtmlkd), "
+            f"multi_teacher() needs a multi-teacher method (avgkd, amtmlkd, feed), "
             f"got {cfg.method!r}"
         )
     t_cfgs = teacher_runs_of(cfg, teachers)
