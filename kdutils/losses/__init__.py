@@ -15,7 +15,8 @@ family has two): ``traditional`` (Hinton's soft targets, section 1),
 ``relation_contrastive``), ``online``, ``selfkd``, ``multi``, ``progressive``
 and ``adversarial`` (2.3.1 to 2.3.5); ``after_survey`` (logit methods
 published after the survey, 2022-2024, beside 2.1; multi-level logit
-distillation in ``after_survey_levels``). ``distillers/small.py``
+distillation in ``after_survey_levels``); ``dense`` (score and feature
+maps of dense prediction, the applications of section 5.2). ``distillers/small.py``
 (section 3.2) uses ``kd_loss``. A method's cached runs depend only on the
 modules it imports.
 """
@@ -26,6 +27,8 @@ from .after_survey import *  # noqa: F403
 from .after_survey import __all__ as _after_survey
 from .after_survey_levels import *  # noqa: F403
 from .after_survey_levels import __all__ as _after_survey_levels
+from .dense import *  # noqa: F403
+from .dense import __all__ as _dense
 from .extracting import *  # noqa: F403
 from .extracting import __all__ as _extracting
 from .fitting import *  # noqa: F403
@@ -61,4 +64,5 @@ __all__ = [
     *_adversarial,
     *_after_survey,
     *_after_survey_levels,
+    *_dense,
 ]
