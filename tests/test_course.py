@@ -164,6 +164,20 @@ def test_no_measured_number_is_typed_into_prose(name):
 
 
 @pytest.mark.parametrize("name", CHAPTERS)
+def test_each_closing_section_appears_once(name):
+    """A chapter ends with its takeaways, exercises and references, each once
+    (a stale copy of an old closing cell would render them twice)."""
+    heads = [
+        line.strip()
+        for text in markdown(name)
+        for line in text.splitlines()
+        if line.startswith("## ")
+    ]
+    for section in ("## Takeaways", "## Exercises", "## References"):
+        assert heads.count(section) == 1, f"{name}: {heads.count(section)} x {section!r}"
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
 def test_no_development_log_in_the_chapters(name):
     for text in markdown(name):
         m = DEV_LOG.search(text)
