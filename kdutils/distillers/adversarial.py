@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from ..checks import check_int
 from ..data import normalize
 from ..losses import (
     discriminator_accuracy,
@@ -252,14 +253,7 @@ class AdvLogit(_AdversarialDistiller):
         disc_beta2: float = 0.999,
     ) -> None:
         check_weights(ce_weight=ce_weight, adv_weight=adv_weight, l1_weight=l1_weight)
-        if isinstance(disc_hidden, bool) or not isinstance(disc_hidden, int):
-            raise ValueError(
-                f"disc_hidden must be an integer >= 1, got {disc_hidden!r}"
-            )
-        if disc_hidden < 1:
-            raise ValueError(
-                f"disc_hidden must be an integer >= 1, got {disc_hidden!r}"
-            )
+        check_int("disc_hidden", disc_hidden, 1)
         super().__init__(student, teacher)
         fc = getattr(student, "fc", None)
         if not isinstance(fc, nn.Linear):
@@ -350,14 +344,7 @@ class AdvFeat(_AdversarialDistiller):
         disc_beta2: float = 0.999,
     ) -> None:
         check_weights(ce_weight=ce_weight, adv_weight=adv_weight, l1_weight=l1_weight)
-        if isinstance(disc_hidden, bool) or not isinstance(disc_hidden, int):
-            raise ValueError(
-                f"disc_hidden must be an integer >= 1, got {disc_hidden!r}"
-            )
-        if disc_hidden < 1:
-            raise ValueError(
-                f"disc_hidden must be an integer >= 1, got {disc_hidden!r}"
-            )
+        check_int("disc_hidden", disc_hidden, 1)
         _check_adam(disc_lr, (disc_beta1, disc_beta2), 1e-8)
         super().__init__(student, teacher)
         if layer is None:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checks import check_T
+from ..checks import check_int, check_T
 from ..losses import (
     discriminator_accuracy,
     discriminator_bce_loss,
@@ -92,14 +92,7 @@ class MSMGAN(Distiller):
     ) -> None:
         check_T(T)
         check_weights(ce_weight=ce_weight, kd_weight=kd_weight, adv_weight=adv_weight)
-        if isinstance(disc_hidden, bool) or not isinstance(disc_hidden, int):
-            raise ValueError(
-                f"disc_hidden must be an integer >= 1, got {disc_hidden!r}"
-            )
-        if disc_hidden < 1:
-            raise ValueError(
-                f"disc_hidden must be an integer >= 1, got {disc_hidden!r}"
-            )
+        check_int("disc_hidden", disc_hidden, 1)
         _check_adam(disc_lr, (disc_beta1, disc_beta2), 1e-8)
         super().__init__(student, teacher)
         self.T, self.ce_weight, self.kd_weight = T, ce_weight, kd_weight

@@ -331,6 +331,17 @@ class CSKD(_Relational):
         }
 
 
+def check_contrast(method: str, feat_dim, nce_k, nce_t, nce_m) -> None:
+    """The contrastive memory's settings (CRD's and CRCD's): an embedding of
+    ``feat_dim >= 1``, ``nce_k >= 1`` negatives, a temperature ``nce_t > 0``
+    and a momentum ``0 <= nce_m < 1``."""
+    if feat_dim < 1 or nce_k < 1 or nce_t <= 0 or not 0 <= nce_m < 1:
+        raise ValueError(
+            f"{method} needs feat_dim >= 1, nce_k >= 1, nce_t > 0 and 0 <= nce_m < 1; "
+            f"got {feat_dim}, {nce_k}, {nce_t}, {nce_m}"
+        )
+
+
 @register("crd", section="2.1, 2.2.3")
 class CRD(_Relational):
     """Contrastive representation distillation (Tian et al. 2020).
@@ -360,11 +371,7 @@ class CRD(_Relational):
         T: float = 4.0,
     ) -> None:
         check_weights(crd_weight=crd_weight)
-        if feat_dim < 1 or nce_k < 1 or nce_t <= 0 or not 0 <= nce_m < 1:
-            raise ValueError(
-                "CRD needs feat_dim >= 1, nce_k >= 1, nce_t > 0 and 0 <= nce_m < 1; "
-                f"got {feat_dim}, {nce_k}, {nce_t}, {nce_m}"
-            )
+        check_contrast("CRD", feat_dim, nce_k, nce_t, nce_m)
         super().__init__(student, teacher)
         self._init_base(ce_weight, kd_weight, T)
         self.feat_dim, self.nce_k, self.nce_t, self.nce_m = (

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from ..losses import RelationContrastMemory, ce_feature_grad, crd_nce_loss
 from .base import check_weights, register
-from .relation import Embed, _pool_dims, _Relational
+from .relation import Embed, _pool_dims, _Relational, check_contrast
 
 __all__ = ["CRCD"]
 
@@ -73,11 +73,7 @@ class CRCD(_Relational):
         T: float = 4.0,
     ) -> None:
         check_weights(crcd_weight=crcd_weight, grad_weight=grad_weight)
-        if feat_dim < 1 or nce_k < 1 or nce_t <= 0 or not 0 <= nce_m < 1:
-            raise ValueError(
-                "CRCD needs feat_dim >= 1, nce_k >= 1, nce_t > 0 and 0 <= nce_m < 1; "
-                f"got {feat_dim}, {nce_k}, {nce_t}, {nce_m}"
-            )
+        check_contrast("CRCD", feat_dim, nce_k, nce_t, nce_m)
         super().__init__(student, teacher)
         self._init_base(ce_weight, kd_weight, T)
         self.feat_dim, self.nce_k, self.nce_t, self.nce_m = (
