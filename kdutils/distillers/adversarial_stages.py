@@ -20,22 +20,15 @@ from torch import Tensor, nn
 
 from ..checks import check_int, check_T
 from ..losses import (
-    discriminator_accuracy,
-    discriminator_bce_loss,
     generator_bce_loss,
     kd_loss,
 )
 from ..models import capture
-from .adversarial import Adversary, MapDiscriminator, _check_adam
+from .adversarial import Adversary, MapDiscriminator, _check_adam, _map_disc_loss
 from .base import Distiller, check_weights, register
 from .features import paired_shapes, teacher_features
 
 __all__ = ["MSMGAN"]
-
-
-def _bce_map_disc_loss(call, real: Tensor, fake: Tensor, y: Tensor):
-    out_r, out_f = call(real), call(fake)
-    return discriminator_bce_loss(out_r, out_f), discriminator_accuracy(out_r, out_f)
 
 
 @register(
@@ -132,7 +125,7 @@ class MSMGAN(Distiller):
             adversaries.append(
                 Adversary(
                     MapDiscriminator(t[0], self.disc_hidden),
-                    _bce_map_disc_loss,
+                    _map_disc_loss,
                     lr=self.disc_lr,
                     betas=(self.disc_beta1, self.disc_beta2),
                 )
