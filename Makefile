@@ -5,10 +5,12 @@
 #   make book               papermill -> _build/$(PROFILE)/executed, then Jupyter Book
 #                           renders those copies (no second execution)
 #   make book PROFILE=smoke the same with the tiny profile
+#   make book JOBS=1        one notebook at a time (default: one per core, each
+#                           with THREADS=1 thread, so results do not depend on JOBS)
 #   make test               ruff, unit tests, the wheel installed and used outside
-#                           the checkout, smoke notebooks (papermill), nbval
-#                           re-execution from an empty cache, book with warnings as
-#                           errors, headless-browser check of the built pages
+#                           the checkout, smoke notebooks (papermill, from an empty
+#                           cache), nbval re-execution with the runs they trained,
+#                           book with warnings as errors, headless-browser check
 #   make reproduce          the survey's Table 1 (PROFILE, SEEDS="0 1 2"), resumable
 #   make bench              bench/bench_speed.py: kdutils' loop vs the usual KD loop
 #                           (BENCH_ARGS="--device cuda --profile")
@@ -26,6 +28,13 @@ MAKEFLAGS += --no-builtin-rules
 .DEFAULT_GOAL := help
 
 PROFILE ?= quick
+# Notebooks executed at once, and the intra-op threads of each kernel (so of
+# every run it trains). A run's floating-point result depends on its thread
+# count, never on how many runs train beside it: THREADS stays 1 whatever JOBS
+# is, so `make book JOBS=1` and `JOBS=8` give the same numbers. The thread count
+# is recorded in every run's provenance.
+JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+THREADS ?= 1
 # Where kdutils caches teachers and finished runs (read by the package).
 KD_CACHE_DIR ?= $(CURDIR)/.cache/kdutils
 export KD_CACHE_DIR
@@ -82,7 +91,7 @@ TEST_TIMINGS := $(BUILD)/test-timings.txt
 	test test-lint test-unit test-install test-notebooks test-nbval test-book test-browser
 
 help:
-	@sed -n '1,18p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,20p' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- setup
 
@@ -136,13 +145,17 @@ $(MATHJAX_STAMP): $(MATHJAX_TGZ)
 $(EXEC_DIR)/notebooks/%.ipynb: notebooks/%.ipynb $(PKG_FILES) | setup
 	@mkdir -p $(@D) $(EXEC_DIR)/.partial
 	@echo "papermill: $< (profile=$(PROFILE), KD_CACHE_DIR=$(KD_CACHE_DIR))"
-	@$(TIMED) "execute $< [$(PROFILE)]" $(PY) -m papermill --kernel $(KERNEL) \
+	@OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS) \
+		$(TIMED) "execute $< [$(PROFILE)]" $(PY) -m papermill --kernel $(KERNEL) \
 		--cwd $(@D) -p profile $(PROFILE) $< $(EXEC_DIR)/.partial/$(@F) \
 		|| { echo "papermill failed: see $(EXEC_DIR)/.partial/$(@F)" >&2; exit 1; }
 	@$(PY) scripts/squash_streams.py $(EXEC_DIR)/.partial/$(@F)
 	@mv $(EXEC_DIR)/.partial/$(@F) $@
 
-executed: $(EXECUTED)
+# JOBS notebooks at once; two that need one teacher share it (the first trains
+# it, the other waits on the run's lock and loads it).
+executed: | setup
+	@$(MAKE) --no-print-directory -j$(JOBS) $(EXECUTED)
 
 $(GEN_STAMP): $(PKG_FILES) $(wildcard results/bench/*.json results/chapter_times.json) \
 		_toc.yml book/course.md scripts/chapter_times.py | setup
@@ -157,7 +170,7 @@ $(GEN_STAMP): $(PKG_FILES) $(wildcard results/bench/*.json results/chapter_times
 # The book source: config, prose, generated figures, MathJax, the local Sphinx
 # extension and the executed notebooks, copied with their timestamps so that
 # Sphinx rebuilds only the pages that changed.
-assemble: $(EXECUTED) $(GEN_STAMP) | setup
+assemble: executed $(GEN_STAMP) | setup
 	rm -rf $(SRC_DIR) && mkdir -p $(SRC_DIR)/notebooks
 	cp -p _config.yml _toc.yml $(SRC_DIR)/
 	cp -pR book _offline $(SRC_DIR)/
@@ -197,23 +210,26 @@ test-unit: | setup
 test-install: | setup
 	bash scripts/check_install.sh $(PY) $(BUILD)/dist
 
-# Every smoke notebook executed anew, training from an empty cache.
+# Every smoke notebook executed anew (JOBS at once), training from an empty
+# cache kept for test-nbval.
+TEST_CACHE := $(BUILD)/smoke/test-cache
 test-notebooks: | setup
 	$(if $(NOTEBOOKS),,$(error no notebooks/*.ipynb to test))
-	rm -rf $(BUILD)/smoke/executed
-	@cache=$$(mktemp -d "$${TMPDIR:-/tmp}/kd-cache-XXXXXX"); \
-	trap 'rm -rf "$$cache"' EXIT; \
-	$(MAKE) --no-print-directory PROFILE=smoke KD_CACHE_DIR=$$cache executed
+	rm -rf $(BUILD)/smoke/executed $(TEST_CACHE)
+	$(MAKE) --no-print-directory PROFILE=smoke KD_CACHE_DIR=$(abspath $(TEST_CACHE)) executed
 
-# nbval re-executes the executed smoke notebooks with another empty cache and
-# compares every output strictly (see scripts/nbval_sanitize.cfg for what may
-# vary, scripts/nbval_ignore_stderr.py for why stderr is not compared).
+# nbval re-executes the executed smoke notebooks, one after another, with the
+# runs test-notebooks trained (so it checks the notebooks, not training again:
+# the golden fingerprints in test-unit check that every method's training
+# reproduces), and compares every output strictly (see scripts/nbval_sanitize.cfg
+# for what may vary, scripts/nbval_ignore_stderr.py for why stderr is not
+# compared). Cells that do not go through the cache (searches, timings, plots)
+# run again in full.
 test-nbval: | setup
 	$(if $(NOTEBOOKS),,$(error no notebooks/*.ipynb to test))
-	@cache=$$(mktemp -d "$${TMPDIR:-/tmp}/kd-cache-XXXXXX"); \
-	trap 'rm -rf "$$cache"' EXIT; \
-	set -x; \
-	KD_CACHE_DIR=$$cache PYTHONPATH=scripts$${PYTHONPATH:+:$$PYTHONPATH} \
+	@mkdir -p $(TEST_CACHE); set -x; \
+	KD_CACHE_DIR=$(abspath $(TEST_CACHE)) OMP_NUM_THREADS=$(THREADS) MKL_NUM_THREADS=$(THREADS) \
+	PYTHONPATH=scripts$${PYTHONPATH:+:$$PYTHONPATH} \
 	$(PY) -m pytest -q -p nbval_ignore_stderr --nbval --nbval-current-env \
 		--nbval-sanitize-with scripts/nbval_sanitize.cfg \
 		$(patsubst %,$(BUILD)/smoke/executed/%,$(NOTEBOOKS))
