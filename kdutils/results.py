@@ -136,6 +136,15 @@ def set_aside(path: str | os.PathLike, into: str | os.PathLike) -> Path:
     return dest
 
 
+def _key_sorted(value: Any) -> Any:
+    """``value`` with every dict's keys in sorted order (lists kept in order)."""
+    if isinstance(value, dict):
+        return {k: _key_sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_key_sorted(v) for v in value]
+    return value
+
+
 @dataclass
 class Result:
     """A finished run: its config, per-epoch history, final metrics, provenance."""
@@ -159,6 +168,13 @@ class Result:
     # Set by ``load_run("<folder>@e<N>")``: the student after epoch N of this
     # run (one of its ``save_epochs``), not the final one. Not saved.
     epoch: int | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        # Keys in sorted order at every depth, as the saved record has them
+        # (``to_json`` sorts): a run trained now and the same run loaded from
+        # the cache then print their history's entries in one order.
+        for name in ("config", "history", "final", "provenance", "teacher"):
+            setattr(self, name, _key_sorted(getattr(self, name)))
 
     @property
     def cfg(self) -> Config:

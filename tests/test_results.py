@@ -41,6 +41,25 @@ def test_json_round_trip(tmp_path):
     assert on_disk["config"]["milestones"] == list(res.cfg.milestones)
 
 
+def test_a_loaded_record_lists_its_entries_in_the_order_the_trained_one_did(tmp_path):
+    """A notebook printing a history entry's items prints them in one order
+    whether the run was trained now or loaded from the cache (nbval compares
+    the two)."""
+    res = _result()
+    res = Result(
+        **{
+            **{f: getattr(res, f) for f in ("name", "key", "config", "provenance")},
+            "history": [{"train_kd": 0.4, "train_afm": 0.7, "epoch": 1, "test_acc": 0.9}],
+            "final": {"test_acc": 0.9, "b": {"z": 1, "a": 2}},
+        }
+    )
+    res.save(tmp_path / "result.json")
+    loaded = Result.load(tmp_path / "result.json")
+    assert list(res.history[0]) == list(loaded.history[0])
+    assert list(res.history[0]) == ["epoch", "test_acc", "train_afm", "train_kd"]
+    assert list(res.final["b"]) == list(loaded.final["b"]) == ["a", "z"]
+
+
 def test_results_differing_in_a_metric_are_not_equal():
     assert _result(acc=0.9) != _result(acc=0.91)
 
