@@ -35,7 +35,7 @@ from torch import Tensor
 
 from .data import DATASETS, load
 
-__all__ = ["SceneSet", "make_scenes", "box_iou_one"]
+__all__ = ["SceneSet", "make_scenes", "box_iou_one", "to_input"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,22 @@ class SceneSet:
     @property
     def classes(self) -> int:
         return DATASETS[self.source].classes
+
+
+def to_input(images: Tensor) -> Tensor:
+    """A network's input from scene images: ``(images / 255 - 0.5) / 0.25``.
+
+    uint8 ``(B, 1, S, S)`` -> float32 of the same shape, on the same device:
+    grey levels mapped to ``[-2, 2]``, the background (64) near -1. One fixed
+    affine map rather than per-set statistics, so teacher, student and every
+    scene set see the same numbers.
+    """
+    if images.dtype != torch.uint8 or images.dim() != 4:
+        raise ValueError(
+            "images must be uint8 (B, C, S, S), got "
+            f"{images.dtype} of shape {tuple(images.shape)}"
+        )
+    return (images.float() / 255 - 0.5) / 0.25
 
 
 def box_iou_one(box: Tensor, boxes: Tensor) -> Tensor:

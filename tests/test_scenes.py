@@ -121,3 +121,23 @@ def test_bad_parameters_are_one_clear_error(kwargs, match):
     n = args.pop("n")
     with pytest.raises(ValueError, match=match):
         scenes.make_scenes(n, **args)
+
+
+def test_to_input_maps_grey_levels_affinely_to_minus_two_two():
+    images = torch.tensor([0, 64, 128, 255], dtype=torch.uint8).view(1, 1, 2, 2)
+    x = scenes.to_input(images)
+    assert x.dtype == torch.float32 and x.shape == (1, 1, 2, 2)
+    # the same map written as 4 v / 255 - 2, in float64
+    want = images.double() * 4 / 255 - 2
+    torch.testing.assert_close(x.double(), want, rtol=0, atol=1e-6)
+    assert x[0, 0, 0, 0] == -2 and x[0, 0, 1, 1] == 2
+
+
+@pytest.mark.parametrize(
+    "images",
+    [torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 4, dtype=torch.uint8)],
+    ids=["float", "3-d"],
+)
+def test_to_input_refuses_what_is_not_a_uint8_batch(images):
+    with pytest.raises(ValueError, match="images must be uint8"):
+        scenes.to_input(images)

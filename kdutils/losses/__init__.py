@@ -16,7 +16,10 @@ family has two): ``traditional`` (Hinton's soft targets, section 1),
 and ``adversarial`` (2.3.1 to 2.3.5); ``after_survey`` (logit methods
 published after the survey, 2022-2024, beside 2.1; multi-level logit
 distillation in ``after_survey_levels``); ``dense`` (score and feature
-maps of dense prediction, the applications of section 5.2). ``distillers/small.py``
+maps of dense prediction, the applications of section 5.2); ``detection``
+(object detection, section 5.1: Chen et al.'s hint, weighted soft targets and
+teacher-bounded regression, Li et al.'s region mimicking, and fine-grained
+imitation from beyond the survey's list). ``distillers/small.py``
 (section 3.2) uses ``kd_loss``. A method's cached runs depend only on the
 modules it imports.
 """
@@ -29,6 +32,8 @@ from .after_survey_levels import *  # noqa: F403
 from .after_survey_levels import __all__ as _after_survey_levels
 from .dense import *  # noqa: F403
 from .dense import __all__ as _dense
+from .detection import *  # noqa: F403
+from .detection import __all__ as _detection
 from .extracting import *  # noqa: F403
 from .extracting import __all__ as _extracting
 from .fitting import *  # noqa: F403
@@ -65,4 +70,5 @@ __all__ = [
     *_after_survey,
     *_after_survey_levels,
     *_dense,
+    *_detection,
 ]
