@@ -201,6 +201,9 @@ CHAPTERS: dict[str, dict[str, dict[str, Any]]] = {
     # twice and the teacher on the strong view, so its runs would take
     # ``quick`` past the chapter's budget (15 minutes of its own runs): there
     # it is a row of ``paper`` only, and ``smoke`` checks that it trains.
+    # Detection and segmentation on synthetic scenes (kdutils.dense_train
+    # holds the runs' sizes per profile, DENSE_PROFILES).
+    "16_applications_dense": _seeds_only(quick=[0, 1]),
     "15_after_the_survey": {
         p: dict(seeds=s, mlkd=p != "quick")
         for p, s in {**_SEEDS, "quick": [0, 1, 2]}.items()

@@ -346,6 +346,7 @@ def legend() -> Diagram:
 from . import (  # noqa: E402, F401
     adversarial,
     after_survey,
+    dense,
     extracting,
     fitting,
     multi,
