@@ -1,8 +1,9 @@
 """Each chapter's measured execution time, recorded with where it was measured.
 
-    python scripts/chapter_times.py record FILE.json EXECUTED.ipynb ...
+    python scripts/chapter_times.py record FILE.json [--how TEXT] EXECUTED.ipynb ...
         store papermill's duration of each executed notebook under its profile
-        (read from the notebook's metadata), with the CPU, the date and the commit
+        (read from the notebook's metadata), with the CPU, the date, the commit
+        and how they were executed (TEXT; default: one at a time, empty cache)
     python scripts/chapter_times.py table FILE.json
         the table of chapter times (Markdown): one row per chapter of _toc.yml
     python scripts/chapter_times.py weeks FILE.json book/course.md
@@ -51,7 +52,10 @@ def commit() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def record(path: Path, notebooks: list[str]) -> None:
+HOW = "empty at the start (every run trained), one chapter at a time"
+
+
+def record(path: Path, notebooks: list[str], how: str = HOW) -> None:
     data = json.loads(path.read_text()) if path.exists() else {}
     by_profile: dict[str, dict[str, float]] = {}
     for nb in notebooks:
@@ -65,7 +69,7 @@ def record(path: Path, notebooks: list[str]) -> None:
             "cpu": cpu(),
             "date": datetime.now(UTC).strftime("%Y-%m-%d"),
             "commit": commit(),
-            "cache": "empty at the start (every run trained)",
+            "cache": how,
             "seconds": dict(sorted(seconds.items())),
         }
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
@@ -127,7 +131,9 @@ def weeks(path: Path, course: Path) -> str:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) >= 2 and argv[0] == "record":
+    if len(argv) >= 4 and argv[0] == "record" and argv[2] == "--how":
+        record(Path(argv[1]), argv[4:], argv[3])
+    elif len(argv) >= 2 and argv[0] == "record":
         record(Path(argv[1]), argv[2:])
     elif len(argv) == 2 and argv[0] == "table":
         print(table(Path(argv[1])), end="")
