@@ -229,3 +229,30 @@ def test_every_cell_has_a_unique_id(name):
     ids = [c.get("id") for c in cells(name)]
     assert None not in ids, f"{name}: {ids.count(None)} cells without an id"
     assert len(set(ids)) == len(ids), f"{name}: duplicate cell ids"
+
+
+GLUE_USE = re.compile(r"\{glue:(?:text|)\}`(\w+)")
+GLUE_CALL = re.compile(r"""kd\.glue\(\s*(f?)["']([^"']+)["']""")
+
+
+@pytest.mark.parametrize("name", CHAPTERS)
+def test_every_glued_name_in_the_prose_is_glued_by_a_code_cell(name):
+    """A ``{glue:text}`` name that no cell glues renders as a warning, and
+    ``make test`` builds the book with warnings as errors only after every
+    notebook has run: caught here, on the sources, in a second."""
+    code = "\n".join(source(c) for c in cells(name) if c["cell_type"] == "code")
+    patterns = []
+    for m in GLUE_CALL.finditer(code):
+        fmt, text = m[1], m[2]
+        if fmt:  # an f-string: each {field} stands for any identifier part
+            parts = re.split(r"\{[^}]*\}", text)
+            patterns.append(re.compile(r"\w+".join(map(re.escape, parts)) + r"\Z"))
+        else:
+            patterns.append(re.compile(re.escape(text) + r"\Z"))
+    # names kept in a dict or list and glued in a loop (``kd.glue(name, v)``)
+    literals = set(re.findall(r"""["'](\w+)["']""", code))
+    used = {u for text in markdown(name) for u in GLUE_USE.findall(text)}
+    missing = sorted(
+        u for u in used if u not in literals and not any(p.match(u) for p in patterns)
+    )
+    assert not missing, f"{name}: the prose uses glue names no cell glues: {missing}"
