@@ -91,7 +91,7 @@ TEST_TIMINGS := $(BUILD)/test-timings.txt
 	test test-lint test-unit test-install test-notebooks test-nbval test-book test-browser
 
 help:
-	@sed -n '1,20p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '1,/^$$/{/^#/p}' Makefile | sed 's/^# \{0,1\}//'
 
 # ---------------------------------------------------------------- setup
 
