@@ -107,12 +107,14 @@ endif
 		--display-name "Python 3 (kdutils)" >/dev/null
 	@touch $@
 
-# Debian packages: the embedded data set, the browser for tests/browser,
+# Debian packages: the embedded data sets (Fashion-MNIST; English text from
+# fortunes, for chapter 19's language models), the browser for tests/browser,
 # Graphviz for the method diagrams;
 # npm only to fetch MathJax. Installed only when missing and apt-get exists.
 sysdeps:
 	@missing=""; \
 	[ -d /usr/share/datasets/fashion-mnist ] || missing="$$missing dataset-fashion-mnist"; \
+	[ -f /usr/share/games/fortunes/fortunes ] || missing="$$missing fortunes"; \
 	[ -x $(CHROMIUM) ] || missing="$$missing chromium"; \
 	command -v dot >/dev/null || missing="$$missing graphviz"; \
 	[ -f $(MATHJAX_STAMP) ] || command -v npm >/dev/null || missing="$$missing npm"; \
