@@ -160,6 +160,21 @@ def measure_kdutils(case: str, a: dict) -> dict:
         t_out = {"logits": kinference.predict_logits(distiller.teacher, data)}
         out["precompute_s"] = time.perf_counter() - t0
         out["precompute_img_s"] = len(data) / out["precompute_s"]
+    views = "views" in a["variant"]
+    if views:
+        # The teacher's logits on every view of every image, as
+        # kd.run(teacher_views="float16") stores them once per teacher.
+        n_views = kd.data.view_count(data.info)
+        t0 = time.perf_counter()
+        stored = torch.empty(len(data), n_views, 10, dtype=torch.float16)
+        for v in range(n_views):
+            one = kd.data.TensorData(
+                kd.data.render_view(data.images, data.info, v), data.labels, dataset
+            )
+            stored[:, v] = kinference.predict_logits(distiller.teacher, one).half()
+        out["views_precompute_s"] = time.perf_counter() - t0
+        out["views_precompute_img_s"] = len(data) * n_views / out["views_precompute_s"]
+        t_out = {"logits": stored}
     stamps: list[tuple[float, float]] = []
 
     class TimedLoader(kd.data.Loader):
@@ -171,7 +186,7 @@ def measure_kdutils(case: str, a: dict) -> dict:
 
     loader = TimedLoader(
         data, bs, shuffle=True, augment=augment, seed=0, device=device,
-        channels_last=True,
+        channels_last=True, views=views,
     )  # fmt: skip
     if "compile" in a["variant"] and teacher is not None:
         t0 = time.perf_counter()
@@ -409,7 +424,7 @@ def _bench(args, tmp: Path) -> None:
         "img/s: wall clock; img/CPU-s: images per CPU-second of the training "
         "process and its workers (robust to other load on a shared machine)"
     )
-    variants = ["plain"] + ([] if args.no_compile else ["compile"])
+    variants = ["plain"] + ([] if args.no_compile else ["compile"]) + ["views"]
     if args.device == "cuda" or args.amp:
         variants += ["bf16"] + ([] if args.no_compile else ["compile+bf16"])
     results: dict = {}
@@ -427,8 +442,10 @@ def _bench(args, tmp: Path) -> None:
         )  # fmt: skip
         jobs = [("reference", {**base, "loop": "reference"})]
         for v in variants:
-            if "compile" in v and (method != "kd" or not augment):
-                continue  # no teacher, or its logits are precomputed: nothing to compile
+            if v in ("compile", "views") and (method != "kd" or not augment):
+                # no teacher, or its logits are precomputed: nothing to compile
+                # or to store per view
+                continue
             label = "kdutils" if v == "plain" else f"kdutils+{v}"
             jobs.append((label, {**base, "loop": "kdutils", "variant": v}))
         runs: dict[str, list[dict]] = {label: [] for label, _ in jobs}
@@ -452,6 +469,11 @@ def _bench(args, tmp: Path) -> None:
                 )
             if "compile_s" in r:
                 extra.append(f"compile {r['compile_s']:.0f} s ({r['compiled']})")
+            if "views_precompute_s" in r:
+                extra.append(
+                    "teacher logits on every view stored once: "
+                    f"{r['views_precompute_img_s']:.0f} image-views/s"
+                )
             if "precompute_s" in r:
                 extra.append(
                     f"teacher logits precomputed once: {r['precompute_img_s']:.0f} img/s"
@@ -483,6 +505,8 @@ def _bench(args, tmp: Path) -> None:
             if "img_s" in r:
                 hours = runs * 240 * PAPER_TRAIN / r["img_s"] / 3600
                 print(f"  {label:<17} {hours:10.1f} {unit}")
+    if "kdutils+views" in results.get("kd-3x32", {}):
+        _amortized(results, args.device)
     if args.profile:
         for v in variants:
             if "bf16" in v:
@@ -509,6 +533,94 @@ def _bench(args, tmp: Path) -> None:
                 print(prof["table"])
     if args.save:
         _save(args, results, where)
+
+
+def _view_students() -> list[str]:
+    """Table 1's student methods that can read stored per-view outputs (one
+    frozen teacher, of which they read only the logits and pooled embedding)."""
+    import kdutils as kd
+    from kdutils.reproduce.rows import table1_rows
+    from kdutils.train import stored_views_apply
+
+    names = []
+    for row in table1_rows():
+        method = row.method
+        if row.pipeline or method == "ce" or method in names:
+            continue
+        torch.manual_seed(0)
+        student = kd.create_model(STUDENT, 10, 3)
+        teacher = kd.create_model(TEACHER, 10, 3)
+        if stored_views_apply(kd.build(method, student, teacher)):
+            names.append(method)
+    return names
+
+
+def _amortized(results: dict, device: str) -> None:
+    """The cost per student when a teacher's outputs on every view are stored
+    once and read by all its students, for the ``paper`` recipe."""
+    rows = results["kd-3x32"]
+    views, ref_r = rows["kdutils+views"], rows["reference"]
+    if "img_s" not in views or "img_s" not in ref_r:
+        return
+    unit = "GPU-h" if device == "cuda" else "CPU-h"
+    n_views = 162
+    pre_h = n_views * PAPER_TRAIN / views["views_precompute_img_s"] / 3600
+    train_h = 240 * PAPER_TRAIN / views["img_s"] / 3600
+    ref_h = 240 * PAPER_TRAIN / ref_r["img_s"] / 3600
+    online = rows.get("kdutils+compile", rows.get("kdutils", {}))
+    online_h = 240 * PAPER_TRAIN / online["img_s"] / 3600 if "img_s" in online else None
+    print(
+        f"\nstored views (float16), paper recipe: 240 epochs x {PAPER_TRAIN} CIFAR-10 "
+        f"images; the teacher's logits on all {n_views} views of every image computed "
+        f"once per teacher ({pre_h:.1f} {unit}; {PAPER_TRAIN * n_views * 10 * 2 / 1e6:.0f} MB "
+        f"on disk for CIFAR-10, {PAPER_TRAIN * n_views * 100 * 2 / 1e9:.2f} GB for "
+        f"CIFAR-100, {PAPER_TRAIN * n_views * 64 * 2 / 1e9:.2f} GB more with "
+        "ResNet56's pooled embedding). Cost per student of one teacher:"
+    )
+    print(f"  {'students':>8} {unit + ' each':>10} {'vs usual loop':>14}")
+    print(f"  {'usual':>8} {ref_h:10.2f} {1:13.2f}x")
+    if online_h:
+        print(
+            f"  {'online':>8} {online_h:10.2f} {ref_h / online_h:13.2f}x  (kdutils, teacher on every batch)"
+        )
+    amort = {}
+    for k in (1, 3, 42):
+        per = train_h + pre_h / k
+        amort[k] = per
+        print(f"  {k:>8} {per:10.2f} {ref_h / per:13.2f}x")
+    results["stored_views"] = {
+        "precompute_hours": pre_h,
+        "per_student_hours": {str(k): v for k, v in amort.items()},
+        "usual_loop_hours": ref_h,
+    }
+    eligible = _view_students()
+    students = _table1_students()
+    n_elig = sum(1 for m, pipe in students if m in eligible and not pipe)
+    other_h = online_h or ref_h
+    total = (n_elig * train_h + pre_h) + (len(students) - n_elig) * other_h
+    total_ref = len(students) * ref_h
+    results["stored_views"]["table1"] = {
+        "students": len(students),
+        "reading_stored_views": n_elig,
+        "methods": eligible,
+        "hours": total,
+        "usual_loop_hours": total_ref,
+    }
+    print(
+        f"  Table 1's {len(students)} student runs (14 rows x 3 seeds): {n_elig} "
+        f"({', '.join(eligible)}; TAKD's chain not counted) read stored views, the "
+        f"others run the teacher: {total:.0f} {unit} against {total_ref:.0f} with "
+        f"the usual loop ({total_ref / total:.2f}x), each run at the measured KD rates"
+    )
+
+
+def _table1_students() -> list[tuple[str, str]]:
+    """Table 1's student runs as ``(method, pipeline)``, one per run (rows x 3
+    seeds); a pipeline row counts its final student only."""
+    from kdutils.reproduce.rows import table1_rows
+
+    rows = [r for r in table1_rows() if r.method != "ce"]
+    return [(r.method, r.pipeline) for r in rows for _ in range(3)]
 
 
 def _save(args, results: dict, where: str) -> None:

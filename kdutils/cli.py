@@ -75,6 +75,15 @@ def _parser() -> argparse.ArgumentParser:
         help="train under autocast: bf16 (CPU with bf16 instructions, or CUDA) or "
         "fp16 (CUDA); a separate cached run from the float32 one",
     )
+    t.add_argument(
+        "--teacher-views",
+        choices=["float16", "float32"],
+        default=None,
+        help="when the run augments (the paper profile): read the teacher's outputs on every augmentation "
+        "view, computed once and stored with the teacher's run for all its "
+        "students, instead of running it on every batch (methods that read only "
+        "its logits and pooled embedding); a separate cached run",
+    )
     t.add_argument("--no-progress", action="store_true")
 
     sub.add_parser(
@@ -200,6 +209,7 @@ def _train(args) -> int:
             device=args.device,
             progress=not args.no_progress,
             amp=args.amp,
+            teacher_views=args.teacher_views,
         )
     except PartialRunExists as e:
         print(

@@ -33,8 +33,11 @@ __all__ = [
     "DataUnavailable",
     "TensorData",
     "Loader",
+    "augment_batch",
     "load",
     "normalize",
+    "render_view",
+    "view_count",
     "check_dataset_name",
 ]
 
@@ -299,31 +302,69 @@ def normalize(images: Tensor, info: DatasetInfo) -> Tensor:
     return (x - mean) / std
 
 
-def augment_batch(images: Tensor, info: DatasetInfo, g: torch.Generator) -> Tensor:
+def view_count(info: DatasetInfo) -> int:
+    """How many distinct images the standard augmentation can make of one
+    image: every crop offset in each axis times the flip (CIFAR: 9 x 9 x 2 =
+    162). A frozen teacher has one output per view, so its outputs on every
+    view of every training image can be stored once (see
+    :func:`kdutils.teachers.teacher_view_logits`)."""
+    side = 2 * info.crop_padding + 1
+    return side * side * (2 if info.flip else 1)
+
+
+def augment_batch(
+    images: Tensor, info: DatasetInfo, g: torch.Generator, views: bool = False
+) -> Tensor | tuple[Tensor, Tensor]:
     """Random crop with zero padding and random horizontal flip, per sample.
 
     Works on the whole uint8 batch, on whatever device it lives: pad once, then
     gather each sample's window with one advanced-indexing call. The random
     draws come from the CPU generator ``g`` whatever the device, so a batch is
     augmented the same way on a CPU and on a GPU.
+
+    ``views=True`` also returns each sample's view index (CPU int64), the
+    number of the crop and flip it got: ``(dy * side + dx) * flips + flip``
+    with ``side = 2 * padding + 1`` (see :func:`render_view`). The draws, and
+    so the images, are the same either way.
     """
     b, _, h, w = images.shape
     dev = images.device
     p = info.crop_padding
     out = images
+    view = torch.zeros(b, dtype=torch.int64)
     if p > 0:
         padded = F.pad(images, (p, p, p, p))
-        dy = torch.randint(0, 2 * p + 1, (b,), generator=g).to(dev)
-        dx = torch.randint(0, 2 * p + 1, (b,), generator=g).to(dev)
+        dy_cpu = torch.randint(0, 2 * p + 1, (b,), generator=g)
+        dx_cpu = torch.randint(0, 2 * p + 1, (b,), generator=g)
+        view = dy_cpu * (2 * p + 1) + dx_cpu
+        dy, dx = dy_cpu.to(dev), dx_cpu.to(dev)
         rows = (dy.view(b, 1) + torch.arange(h, device=dev).view(1, h)).view(b, 1, h, 1)
         cols = (dx.view(b, 1) + torch.arange(w, device=dev).view(1, w)).view(b, 1, 1, w)
         bidx = torch.arange(b, device=dev).view(b, 1, 1, 1)
         cidx = torch.arange(images.shape[1], device=dev).view(1, -1, 1, 1)
         out = padded[bidx, cidx, rows, cols]
     if info.flip:
-        flip = (torch.rand(b, generator=g) < 0.5).to(dev)
+        flip_cpu = torch.rand(b, generator=g) < 0.5
+        view = view * 2 + flip_cpu.long()
+        flip = flip_cpu.to(dev)
         out = torch.where(flip.view(b, 1, 1, 1), out.flip(3), out)
-    return out
+    return (out, view) if views else out
+
+
+def render_view(images: Tensor, info: DatasetInfo, view: int) -> Tensor:
+    """Every image of the uint8 batch ``images`` in one view (the index
+    :func:`augment_batch` reports): the same pixels augment_batch gives a
+    sample that drew that view."""
+    n = view_count(info)
+    if not 0 <= view < n:
+        raise ValueError(f"view must be in 0..{n - 1} for this dataset, got {view}")
+    p = info.crop_padding
+    flip = bool(view % 2) if info.flip else False
+    offset = view // 2 if info.flip else view
+    dy, dx = divmod(offset, 2 * p + 1)
+    h, w = images.shape[-2:]
+    out = F.pad(images, (p, p, p, p))[..., dy : dy + h, dx : dx + w] if p else images
+    return out.flip(3) if flip else out.clone()
 
 
 class Loader:
@@ -332,6 +373,11 @@ class Loader:
     The order and the augmentation of epoch ``e`` depend only on ``(seed, e)``,
     so a run resumed at epoch ``e`` sees exactly the batches it would have seen.
     ``idx`` are the samples' positions in the dataset (for cached teacher outputs).
+    ``views=True`` (with ``augment``) also keeps, in ``loader.view``, the
+    augmentation view of each sample of the batch just yielded
+    (:func:`augment_batch`): the column of a teacher's stored per-view
+    outputs. The batches are the same; what is yielded stays ``(x, y, idx)``,
+    so every consumer of a loader reads it unchanged.
     The uint8 images and the labels are copied to ``device`` once, when the
     loader is made: on a GPU a batch is indexed, augmented and normalised
     there, and only the batch's indices cross from the host.
@@ -347,8 +393,15 @@ class Loader:
         device: torch.device | str = "cpu",
         drop_last: bool = False,
         channels_last: bool = False,
+        views: bool = False,
     ) -> None:
+        if views and not augment:
+            raise ValueError(
+                "views=True needs augment=True: without it every view is 0"
+            )
         self.data = data
+        self.views = views
+        self.view: Tensor | None = None  # the last batch's views (views=True)
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.augment = augment
@@ -379,7 +432,9 @@ class Loader:
             idx = order[i * self.batch_size : (i + 1) * self.batch_size]
             rows = idx.to(self.device, non_blocking=True)
             images = self._images[rows]
-            if self.augment:
+            if self.augment and self.views:
+                images, self.view = augment_batch(images, info, g, views=True)
+            elif self.augment:
                 images = augment_batch(images, info, g)
             x = normalize(images, info).contiguous(memory_format=self.memory_format)
             yield x, self._labels[rows], idx

@@ -252,7 +252,12 @@ def fit(
         seen = 0
         for step, (x, y, idx) in enumerate(train_loader):
             t_out = None
-            if teacher_out is not None:
+            if teacher_out is not None and getattr(train_loader, "views", False):
+                # Stored per-view outputs (N, views, ...), kept in float16 or
+                # float32: the row of each sample's view, as float32.
+                rows, cols = idx.to(device), train_loader.view.to(device)
+                t_out = {k: v[rows, cols].float() for k, v in teacher_out.items()}
+            elif teacher_out is not None:
                 rows = idx.to(device)
                 t_out = {k: v[rows] for k, v in teacher_out.items()}
             with autocast():

@@ -68,8 +68,17 @@ CORE_VERSION = 1
 MEASURED_ONLY = ("eval_every", "save_epochs")
 
 
-def identity(cfg: Config, channels_last: bool = True, amp: str | None = None) -> dict:
-    """Everything that decides what a run computes, as a JSON-able dict."""
+def identity(
+    cfg: Config,
+    channels_last: bool = True,
+    amp: str | None = None,
+    teacher_views: str | None = None,
+) -> dict:
+    """Everything that decides what a run computes, as a JSON-able dict.
+
+    ``teacher_views`` (the dtype of the teacher's stored per-view logits, see
+    :func:`kdutils.train.run`) enters only when set, so the keys of runs with
+    an online teacher are what they were before stored views existed."""
     config = {k: v for k, v in cfg.to_dict().items() if k not in MEASURED_ONLY}
     cls = get_method(cfg.method)
     method = {"name": cfg.method, "version": cls.version}
@@ -85,12 +94,19 @@ def identity(cfg: Config, channels_last: bool = True, amp: str | None = None) ->
         "method": method,
         "layout": "nhwc" if channels_last else "nchw",
         "amp": amp,
+        **({"teacher_views": teacher_views} if teacher_views is not None else {}),
     }
 
 
-def run_key(cfg: Config, channels_last: bool = True, amp: str | None = None) -> str:
+def run_key(
+    cfg: Config,
+    channels_last: bool = True,
+    amp: str | None = None,
+    teacher_views: str | None = None,
+) -> str:
     """The run's key: a hash of :func:`identity`."""
-    text = json.dumps(identity(cfg, channels_last, amp), sort_keys=True, default=str)
+    ident = identity(cfg, channels_last, amp, teacher_views)
+    text = json.dumps(ident, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
@@ -100,8 +116,14 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "kdutils"
 
 
-def run_dir(cfg: Config, channels_last: bool = True, amp: str | None = None) -> Path:
-    return cache_dir() / "runs" / f"{cfg.name}-{run_key(cfg, channels_last, amp)}"
+def run_dir(
+    cfg: Config,
+    channels_last: bool = True,
+    amp: str | None = None,
+    teacher_views: str | None = None,
+) -> Path:
+    key = run_key(cfg, channels_last, amp, teacher_views)
+    return cache_dir() / "runs" / f"{cfg.name}-{key}"
 
 
 # --- what is measured ------------------------------------------------------------

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from . import data as kdata
 from .distillers import Distiller
 from .errors import CorruptArtifact
-from .inference import inference_batch_size, predict_logits
+from .inference import inference_batch_size, is_channels_last, predict_logits
+from .models import capture
 from .results import Result, set_aside, verify_file, write_checked
 from .runs import cache_dir
 
@@ -31,6 +33,8 @@ __all__ = [
     "inductor_cache_per_isa",
     "teacher_train_features",
     "teacher_train_logits",
+    "teacher_view_outputs",
+    "view_outputs_bytes",
 ]
 
 
@@ -60,6 +64,130 @@ def teacher_train_logits(
     write_checked(path, buf.getvalue())
     print(f"[teacher] {t_res.name}: logits on the training set computed once, cached")
     return logits
+
+
+VIEW_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+# Teacher layers small enough to store for every view: the pooled embedding
+# (ResNet56: 64 numbers an image-view, 1.0 GB in float16 for CIFAR's 50k x 162).
+VIEW_LAYERS = ("pool",)
+
+
+def view_outputs_bytes(
+    train: kdata.TensorData, widths: dict[str, int], dtype: str
+) -> int:
+    """Bytes of a teacher's outputs (``{name: width}``) on every view of every
+    training image, stored in ``dtype``."""
+    size = torch.tensor([], dtype=VIEW_DTYPES[dtype]).element_size()
+    return len(train) * kdata.view_count(train.info) * sum(widths.values()) * size
+
+
+def teacher_view_outputs(
+    t_res: Result,
+    teacher: nn.Module,
+    train: kdata.TensorData,
+    dtype: str = "float16",
+    layers: tuple[str, ...] = (),
+    progress: bool = True,
+) -> dict[str, Tensor]:
+    """The frozen teacher's logits (and ``layers``, a subset of
+    :data:`VIEW_LAYERS`) on every augmentation view of every training image,
+    ``{name: (N, views, ...)}`` in ``dtype``, computed once and kept
+    (checksummed, one file per output) in the teacher's run folder for every
+    student of that teacher.
+
+    With the standard augmentation an image has :func:`kdutils.data.view_count`
+    views (CIFAR: 162), and a teacher in eval mode gives each one fixed output,
+    so a student trained on augmented batches can read its teacher's outputs
+    instead of running the teacher: the same values, not an approximation
+    (up to ``dtype``'s rounding, and to the teacher's arithmetic on another
+    batch composition). A view is :func:`kdutils.data.render_view`.
+    """
+    if dtype not in VIEW_DTYPES:
+        raise ValueError(
+            f"dtype must be one of {', '.join(VIEW_DTYPES)}, got {dtype!r}"
+        )
+    if not set(layers) <= set(VIEW_LAYERS):
+        raise ValueError(
+            f"only {', '.join(VIEW_LAYERS)} can be stored per view, not {layers}"
+        )
+    names = ("logits", *layers)
+    suffix = "" if t_res.epoch is None else f"-e{t_res.epoch}"
+    n_views = kdata.view_count(train.info)
+    paths = {k: Path(t_res.path) / f"train_view_{k}{suffix}-{dtype}.pt" for k in names}
+    stored = {k: _load_views(p, len(train), n_views) for k, p in paths.items()}
+    if all(v is not None for v in stored.values()):
+        print(
+            f"[cache] {t_res.name}: {' and '.join(names)} on all {n_views} views (loaded)"
+        )
+        return stored
+    out: dict[str, Tensor] = {}
+    for v in tqdm(
+        range(n_views),
+        desc=f"{t_res.name} views",
+        disable=not progress,
+        mininterval=2.0,
+    ):
+        view = kdata.TensorData(
+            kdata.render_view(train.images, train.info, v), train.labels, train.name
+        )
+        got = _outputs(teacher, view, layers)
+        for k, t in got.items():
+            if k not in out:
+                out[k] = torch.empty(
+                    len(train), n_views, *t.shape[1:], dtype=VIEW_DTYPES[dtype]
+                )
+            out[k][:, v] = t.to(out[k].dtype)
+    for k, t in out.items():
+        buf = io.BytesIO()
+        torch.save(t, buf)
+        write_checked(paths[k], buf.getvalue())
+    mib = sum(t.numel() * t.element_size() for t in out.values()) / 2**20
+    print(
+        f"[teacher] {t_res.name}: {' and '.join(names)} on all {n_views} views of "
+        f"the training set computed once ({mib:.0f} MiB, {dtype}), cached"
+    )
+    return out
+
+
+@torch.inference_mode()
+def _outputs(
+    teacher: nn.Module, data: kdata.TensorData, layers: tuple[str, ...]
+) -> dict[str, Tensor]:
+    """The teacher's logits and ``layers`` on every sample, in order, on the CPU."""
+    device = next(teacher.parameters()).device
+    teacher.eval()
+    loader = kdata.Loader(
+        data,
+        inference_batch_size(device),
+        shuffle=False,
+        device=device,
+        channels_last=is_channels_last(teacher),
+    )
+    parts: dict[str, list[Tensor]] = {k: [] for k in ("logits", *layers)}
+    with capture(teacher, layers) as feats:
+        for x, _, _ in loader:
+            parts["logits"].append(teacher(x).float().cpu())
+            for k in layers:
+                parts[k].append(feats[k].float().cpu())
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def _load_views(path: Path, n: int, n_views: int) -> Tensor | None:
+    """Stored per-view outputs from ``path`` if present, whole and of this
+    training set; a broken file is set aside with a line."""
+    if not path.exists():
+        return None
+    try:
+        verify_file(path)
+        t = torch.load(path, weights_only=True)
+        if not isinstance(t, Tensor) or t.ndim < 3:
+            raise CorruptArtifact(f"{path} holds no (N, views, ...) outputs")
+    except (CorruptArtifact, EOFError, RuntimeError, pickle.UnpicklingError) as e:
+        moved = set_aside(path, cache_dir() / "set-aside")
+        why = str(e) if isinstance(e, CorruptArtifact) else f"{path} is unreadable"
+        print(f"[corrupt] {why}; moved to {moved}; computing the outputs again")
+        return None
+    return t if t.shape[:2] == (n, n_views) else None
 
 
 # Teacher feature maps for the whole training set are kept in memory only when

@@ -54,13 +54,16 @@ from .runs import (
     run_lock,
 )
 from .teachers import (
+    VIEW_DTYPES,
+    VIEW_LAYERS,
     check_compile,
     compile_teacher,
     teacher_train_features,
     teacher_train_logits,
+    teacher_view_outputs,
 )
 
-__all__ = ["PartialRunExists", "load_distiller", "run"]
+__all__ = ["PartialRunExists", "load_distiller", "run", "stored_views_apply"]
 
 
 class PartialRunExists(RuntimeError):
@@ -131,6 +134,38 @@ def load_distiller(res: Result | str, device: str | torch.device = "cpu") -> Dis
     return distiller.to(device).eval()
 
 
+def stored_views_apply(distiller) -> bool:
+    """Whether a built distiller can read its teacher's stored per-view
+    outputs: one frozen teacher, of which it reads only the logits and the
+    layers small enough to store (:data:`kdutils.teachers.VIEW_LAYERS`: the
+    pooled embedding, as CRD, RKD and PKT read)."""
+    return (
+        distiller.teacher is not None
+        and not isinstance(distiller.teacher, nn.ModuleList)
+        and distiller.cache_teacher
+        and set(distiller.teacher_layers) <= set(VIEW_LAYERS)
+    )
+
+
+def _check_teacher_views(cfg: Config, teacher_views: str | None) -> None:
+    if teacher_views is None:
+        return
+    if teacher_views not in VIEW_DTYPES:
+        raise ValueError(
+            f"teacher_views must be None or one of {', '.join(VIEW_DTYPES)}, "
+            f"got {teacher_views!r}"
+        )
+    if not cfg.augment:
+        raise ValueError(
+            "teacher_views needs cfg.augment: without augmentation the teacher's "
+            "logits on the training set are already computed once"
+        )
+    if cfg.teacher is None or not get_method(cfg.method).needs_teacher:
+        raise ValueError(
+            f"teacher_views needs a distilled run; {cfg.name} has no teacher"
+        )
+
+
 def run(
     cfg: Config,
     *,
@@ -142,6 +177,7 @@ def run(
     channels_last: bool = True,
     amp: str | None = None,
     compile: bool | str = "auto",
+    teacher_views: str | None = None,
 ) -> Result:
     """Train ``cfg`` (or load it from the cache) and return its :class:`Result`.
 
@@ -157,13 +193,22 @@ def run(
     too large to precompute); ``"auto"`` does so for runs of at least
     ``COMPILE_MIN_STEPS`` steps. A failed compile falls back to the plain
     teacher with a printed line; what happened is recorded in the provenance.
+
+    ``teacher_views`` (``"float16"`` or ``"float32"``; None, the default, runs
+    the teacher on every batch) reads the teacher's outputs from those
+    on every augmentation view of every training image, computed once and
+    kept with the teacher's run (:func:`kdutils.teachers.teacher_view_outputs`)
+    for every student of that teacher. It needs ``cfg.augment`` and a method
+    that reads only its one teacher's logits and pooled embedding
+    (:func:`stored_views_apply`); it is part of the run's key.
     """
     check_amp(amp)
     check_compile(compile)
+    _check_teacher_views(cfg, teacher_views)
     device = resolve_device(device)
     check_amp(amp, device)
-    key = run_key(cfg, channels_last, amp)
-    folder = run_dir(cfg, channels_last, amp)
+    key = run_key(cfg, channels_last, amp, teacher_views)
+    folder = run_dir(cfg, channels_last, amp, teacher_views)
     if use_cache:
         res, cfg = _from_cache(cfg, folder)
         if res is not None:
@@ -188,6 +233,7 @@ def run(
                 channels_last,
                 amp,
                 compile,
+                teacher_views,
             )
         except BaseException:
             # A run that failed before its first checkpoint leaves no folder.
@@ -257,6 +303,7 @@ def _train_run(
     channels_last: bool,
     amp: str | None,
     compile: bool | str,
+    teacher_views: str | None = None,
 ) -> Result:
     result_path, ckpt = folder / "result.json", folder / "checkpoint.pt"
     if ckpt.exists() and restart:
@@ -286,7 +333,23 @@ def _train_run(
     distiller.setup(train)
     distiller = distiller.to(device, memory_format=fmt)
     t_out = None
-    if t_res is not None and distiller.cache_teacher and not cfg.augment:
+    if teacher_views is not None:
+        if not stored_views_apply(distiller):
+            raise ValueError(
+                f"{cfg.method} reads more of its teacher than its logits and "
+                "pooled embedding (or has several teachers, or changes them "
+                "during training); stored views hold only those: run it with "
+                "teacher_views=None"
+            )
+        t_out = teacher_view_outputs(
+            t_res,
+            teacher,
+            train,
+            teacher_views,
+            tuple(distiller.teacher_layers),
+            progress,
+        )
+    elif t_res is not None and distiller.cache_teacher and not cfg.augment:
         t_out = {"logits": teacher_train_logits(t_res, teacher, train)}
         if distiller.teacher_layers:
             feats = teacher_train_features(distiller, train, channels_last)
@@ -308,6 +371,7 @@ def _train_run(
         seed=cfg.seed,
         device=device,
         channels_last=channels_last,
+        views=teacher_views is not None,
     )
     compiled = "no"
     if teacher is not None and t_out is None:
@@ -350,6 +414,7 @@ def _train_run(
             "channels_last": channels_last,
             "amp": amp,
             "compile_teacher": compiled,
+            "teacher_views": teacher_views,
         },
         teacher=(
             [{"name": r.name, "key": r.key, "test_acc": r.test_acc} for r in t_results]
