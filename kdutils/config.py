@@ -64,6 +64,11 @@ class Config:
     augment: bool = True
     train_subset: int | None = None  # first N of a fixed permutation
     test_subset: int | None = None
+    # A stratified, fixed part of the training subset held out for choosing
+    # (epochs, settings): the test set is never used to choose anything. A
+    # record from before this field existed had none: ``from_dict`` reads it
+    # as 0, and a config with 0 leaves the field out of its key.
+    val_fraction: float = 0.1
     seed: int = 0
     teacher_seed: int = 0  # one teacher serves every student seed
     teacher_epochs: int | None = None  # None: same as ``epochs``
@@ -110,6 +115,8 @@ class Config:
         d["milestones"] = list(self.milestones)
         d["teacher_runs"] = list(self.teacher_runs)
         d["save_epochs"] = list(self.save_epochs)
+        if not self.val_fraction:
+            del d["val_fraction"]  # as records from before the field have it
         if not self.save_epochs:
             # Left out when empty, so the configs (and cache keys) of runs from
             # before this field existed stay what they were.
@@ -118,7 +125,7 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Config:
-        return cls(**d)
+        return cls(**{"val_fraction": 0.0, **d})
 
     def key_json(self) -> str:
         """Canonical JSON of every field: the basis of the cache key."""
@@ -158,6 +165,7 @@ _FIELD_RULES: dict[str, tuple[str, float | None, float | None]] = {
     "teacher_seed": ("int", 0, _SEED_MAX),
     "train_subset": ("int?", 1, None),
     "test_subset": ("int?", 1, None),
+    "val_fraction": ("float", 0, 0.5),
     "teacher_epochs": ("int?", 1, None),
     "lr": ("float", 0, None),  # > 0, see below
     "momentum": ("float", 0, 1),

@@ -132,6 +132,30 @@ class TensorData:
         idx = torch.randperm(len(self), generator=g)[:n].sort().values
         return TensorData(self.images[idx], self.labels[idx], self.name)
 
+    def split_off(
+        self, fraction: float, seed: int = 0
+    ) -> tuple[TensorData, TensorData]:
+        """``(kept, held_out)``: a stratified, fixed part of the samples held out.
+
+        Of each class, ``round(fraction * count)`` samples, chosen by a
+        permutation that depends only on ``seed`` (the same for every run),
+        are held out; both parts keep the dataset's order.
+        """
+        if not 0 < fraction < 1:
+            raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+        g = torch.Generator().manual_seed(seed)
+        perm = torch.randperm(len(self), generator=g)
+        held = torch.zeros(len(self), dtype=torch.bool)
+        for c in self.labels.unique(sorted=True):
+            members = perm[self.labels[perm] == c]
+            held[members[: round(fraction * len(members))]] = True
+        keep = (~held).nonzero().squeeze(1)
+        out = held.nonzero().squeeze(1)
+        return (
+            TensorData(self.images[keep], self.labels[keep], self.name),
+            TensorData(self.images[out], self.labels[out], self.name),
+        )
+
 
 def _candidate_roots(name: str, root: str | os.PathLike | None) -> list[Path]:
     roots = []

@@ -170,8 +170,13 @@ def fit(
     progress: bool = True,
     amp: str | None = None,
     save_dir: Path | None = None,
+    val: kdata.TensorData | None = None,
 ) -> list[dict]:
     """Train ``distiller`` for ``cfg.epochs``; return the per-epoch history.
+
+    Every evaluated epoch records the test accuracy and loss and, given
+    ``val`` (the validation images), the validation ones (``val_acc``,
+    ``val_loss``): choices are made on those.
 
     Writes ``checkpoint`` after every epoch and, if it exists, resumes from it;
     a fresh run first calls ``distiller.prepare(train_loader, cfg)``.
@@ -309,6 +314,11 @@ def fit(
             if evaluated
             else {"acc": None, "loss": None}
         )
+        ev_val = (
+            evaluate(distiller.student, val)
+            if evaluated and val is not None
+            else {"acc": None, "loss": None}
+        )
         extra: dict[str, float] = {}
         if metrics_hook:
             distiller.eval()
@@ -324,6 +334,11 @@ def fit(
             **{f"train_{k}": v.item() / seen for k, v in sums.items()},
             "test_acc": ev["acc"],
             "test_loss": ev["loss"],
+            **(
+                {"val_acc": ev_val["acc"], "val_loss": ev_val["loss"]}
+                if val is not None
+                else {}
+            ),
             **{f"metric_{k}": v.item() / seen for k, v in msums.items()},
             **extra,
             "seconds": time.perf_counter() - t0,
@@ -353,5 +368,21 @@ def fit(
 
 
 def load_split(cfg: Config, train: bool) -> kdata.TensorData:
+    """The run's training images (its training subset less the validation
+    part, see :func:`load_val`) or its test images."""
     d = kdata.load(cfg.dataset, train=train)
-    return d.subset(cfg.train_subset if train else cfg.test_subset)
+    d = d.subset(cfg.train_subset if train else cfg.test_subset)
+    if train and cfg.val_fraction > 0:
+        d = d.split_off(cfg.val_fraction)[0]
+    return d
+
+
+def load_val(cfg: Config) -> kdata.TensorData | None:
+    """The run's validation images: ``cfg.val_fraction`` of its training
+    subset, stratified by class, the same for every run of that subset
+    (None when ``val_fraction`` is 0). Epochs and settings are chosen on
+    these, never on the test set."""
+    if cfg.val_fraction == 0:
+        return None
+    d = kdata.load(cfg.dataset, train=True).subset(cfg.train_subset)
+    return d.split_off(cfg.val_fraction)[1]

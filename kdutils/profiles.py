@@ -35,6 +35,9 @@ __all__ = [
 # shared by every KD run), ResNet32 -> ResNet8 (ResNet56 -> ResNet20 does not
 # fit the budget; at 8 epochs ResNet56 was also a worse teacher than ResNet32),
 # and the paper's learning rate, 0.05, with a cosine schedule over the 8 epochs.
+# Every profile holds out a stratified tenth of its training images as a
+# validation split (``Config.val_fraction``), the only data anything is
+# chosen on.
 PROFILES: dict[str, dict[str, Any]] = {
     "smoke": dict(
         dataset="fashion-mnist",
@@ -60,6 +63,9 @@ PROFILES: dict[str, dict[str, Any]] = {
         train_subset=10000,
         test_subset=None,
     ),
+    # The CRD benchmark's recipe on CIFAR-10 (Config's defaults), less a
+    # validation tenth of the training set (45,000 images trained on, 5,000
+    # held out for choosing).
     "paper": dict(),
 }
 
@@ -204,6 +210,11 @@ CHAPTERS: dict[str, dict[str, dict[str, Any]]] = {
     # Detection and segmentation on synthetic scenes (kdutils.dense_train
     # holds the runs' sizes per profile, DENSE_PROFILES).
     "16_applications_dense": _seeds_only(quick=[0, 1]),
+    # Language models, verification embeddings and generators (the trainers
+    # kdutils.lm_train, face_train and gan_train hold the sizes per profile).
+    "17_applications_faces": _seeds_only(quick=[0, 1]),
+    "18_applications_generation": _seeds_only(quick=[0, 1]),
+    "19_applications_language": _seeds_only(quick=[0, 1]),
     "15_after_the_survey": {
         p: dict(seeds=s, mlkd=p != "quick")
         for p, s in {**_SEEDS, "quick": [0, 1, 2]}.items()

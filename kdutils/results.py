@@ -186,6 +186,29 @@ class Result:
             return self.history[self.epoch - 1]["test_acc"]
         return self.final["test_acc"]
 
+    @property
+    def best_val_epoch(self) -> int | None:
+        """The evaluated epoch with the highest validation accuracy (the
+        earliest of ties); None for a run without a validation split."""
+        evaluated = [h for h in self.history if h.get("val_acc") is not None]
+        if not evaluated:
+            return None
+        return max(evaluated, key=lambda h: (h["val_acc"], -h["epoch"]))["epoch"]
+
+    @property
+    def test_acc_at_best_val(self) -> float | None:
+        """The test accuracy at :attr:`best_val_epoch`: an epoch chosen without
+        looking at the test set (None without a validation split)."""
+        e = self.best_val_epoch
+        return None if e is None else self.history[e - 1]["test_acc"]
+
+    @property
+    def best_test_acc(self) -> float:
+        """The highest test accuracy of any evaluated epoch. Reported as a
+        result it is biased upwards (the test set chose the epoch); it is here
+        to measure that bias, not to report."""
+        return max(h["test_acc"] for h in self.history if h.get("test_acc") is not None)
+
     def to_json(self) -> str:
         d = asdict(self)
         d.pop("path"), d.pop("from_cache"), d.pop("epoch")

@@ -30,6 +30,7 @@ from .loop import (
     fit,
     load_checkpoint,
     load_split,
+    load_val,
     resolve_device,
     seed_everything,
     trainable_state,
@@ -326,6 +327,7 @@ def _train_run(
         restart=restart,
     )
     train, test = load_split(cfg, True), load_split(cfg, False)
+    val = load_val(cfg)
     seed_everything(cfg.seed)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     student = build_model(cfg.student, cfg.dataset).to(device)
@@ -381,7 +383,9 @@ def _train_run(
     )
     folder.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    history = fit(distiller, loader, test, cfg, ckpt, key, t_out, progress, amp, folder)
+    history = fit(
+        distiller, loader, test, cfg, ckpt, key, t_out, progress, amp, folder, val
+    )
     wall = time.perf_counter() - t0
     buf = io.BytesIO()
     torch.save(student.state_dict(), buf)
@@ -405,6 +409,7 @@ def _train_run(
         final={
             "test_acc": history[-1]["test_acc"],
             "test_loss": history[-1]["test_loss"],
+            **({"val_acc": history[-1]["val_acc"]} if "val_acc" in history[-1] else {}),
             "params": num_params(student),
             "train_seconds": sum(h["seconds"] for h in history),
         },

@@ -134,6 +134,7 @@ def test_kd_trains_its_teacher_once_and_shares_it(digits_config, capsys):
 # hyperparameters too).
 _CHANGES = {
     "save_epochs": dict(save_epochs=(1,)),
+    "val_fraction": dict(val_fraction=0.2),
     "method": dict(method="ce", method_args={}),
     "dataset": dict(dataset="fashion-mnist"),
     "student": dict(student="resnet14"),
