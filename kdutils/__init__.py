@@ -7,6 +7,7 @@
 """
 
 from . import (
+    appruns,
     augment,
     book,
     cost,
@@ -16,7 +17,12 @@ from . import (
     detection,
     diagrams,
     distillers,
+    face_train,
+    gan,
+    gan_train,
     inference,
+    lm,
+    lm_train,
     loop,
     losses,
     models,
@@ -32,7 +38,9 @@ from . import (
     score,
     segmentation,
     teachers,
+    text,
     train,
+    verification,
 )  # noqa: E402
 from .book import glue  # noqa: E402
 from .config import PROFILES, Config, make_config, teacher_config  # noqa: E402
@@ -51,6 +59,7 @@ from .train import load_distiller, run  # noqa: E402
 from .version import __version__  # noqa: E402, F401
 
 __all__ = [
+    "appruns",
     "augment",
     "book",
     "PROFILES",
@@ -87,7 +96,12 @@ __all__ = [
     "detection",
     "diagrams",
     "distillers",
+    "face_train",
+    "gan",
+    "gan_train",
     "inference",
+    "lm",
+    "lm_train",
     "loop",
     "losses",
     "models",
@@ -103,5 +117,7 @@ __all__ = [
     "score",
     "segmentation",
     "teachers",
+    "text",
     "train",
+    "verification",
 ]

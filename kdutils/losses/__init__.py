@@ -19,7 +19,12 @@ distillation in ``after_survey_levels``); ``dense`` (score and feature
 maps of dense prediction, the applications of section 5.2); ``detection``
 (object detection, section 5.1: Chen et al.'s hint, weighted soft targets and
 teacher-bounded regression, Li et al.'s region mimicking, and fine-grained
-imitation from beyond the survey's list). ``distillers/small.py``
+imitation from beyond the survey's list); ``generation`` (image generation,
+section 5.4: a GAN's losses and Chen et al. 2020b's distillation terms); ``language``
+(language models, section 5.5: DistilBERT's soft targets, BERT-PKD, TinyBERT
+and LRC-BERT); ``face`` (face recognition, section 5.3: ArcFace, Huang et
+al.'s distribution distillation, the cosine embedding baseline).
+``distillers/small.py``
 (section 3.2) uses ``kd_loss``. A method's cached runs depend only on the
 modules it imports.
 """
@@ -36,8 +41,14 @@ from .detection import *  # noqa: F403
 from .detection import __all__ as _detection
 from .extracting import *  # noqa: F403
 from .extracting import __all__ as _extracting
+from .face import *  # noqa: F403
+from .face import __all__ as _face
 from .fitting import *  # noqa: F403
 from .fitting import __all__ as _fitting
+from .generation import *  # noqa: F403
+from .generation import __all__ as _generation
+from .language import *  # noqa: F403
+from .language import __all__ as _language
 from .multi import *  # noqa: F403
 from .multi import __all__ as _multi
 from .online import *  # noqa: F403
@@ -71,4 +82,7 @@ __all__ = [
     *_after_survey_levels,
     *_dense,
     *_detection,
+    *_generation,
+    *_language,
+    *_face,
 ]
