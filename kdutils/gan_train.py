@@ -32,7 +32,7 @@ ends with the weights of an uninterrupted run.
 Chen et al. 2020b distil image-to-image translation GANs and published no
 code; ``"chen"`` follows the paper's terms as the survey and the abstract
 describe them (the method section could not be read here; see
-:mod:`kdutils.losses.generation` for the three unchecked details) with these
+:mod:`kdutils.losses.generation` for the unchecked details) with these
 adaptations:
 
 - the shared input of teacher and student is the noise ``z`` of an
@@ -45,8 +45,9 @@ adaptations:
   last hidden layer, not an ImageNet network: no pretrained weights can be
   downloaded here, and the book's classifier must stay out of training
   because it is the instrument that measures the result;
-- the L1 norms are means over the elements (the paper's per-sample norms
-  divided by their size), and the weights are this book's, chosen before
+- the L1 norms are means over the elements (this book's reading is an L1
+  norm per sample; dividing it by the sample's size only rescales the
+  weights), and the weights are this book's, chosen before
   any run and not tuned: ``pixel_weight = perceptual_weight = 10`` (the
   distillation terms outweigh the adversarial one, as pix2pix's and
   CycleGAN's reconstruction terms do), ``triplet_weight = 1``, ``margin =

@@ -12,12 +12,13 @@ saturating ``mean log(1 - σ(D(G(z))))``).
 for image translation", AAAI 2020; no public code) train a thin student
 generator G_S from a frozen teacher generator G_T given the *same input*.
 Their method section could not be read where this was written: the terms
-below follow the survey's summary and the paper's abstract, and three
-details are this book's reading, unchecked against the paper: the triplet's
-anchor (the abstract says the student discriminator measures distances
-between *real* images and the two generators' images, so a real image may
-anchor it in the paper), the perceptual term's feature network, and the
-weights:
+below follow the survey's summary and the paper's abstract, and several
+details are this book's reading, unchecked against the paper: the L1 form of
+the pixel and perceptual distances and the form of the triplet term; the
+triplet's anchor (the abstract says the student discriminator measures
+distances between *real* images and the two generators' images, so a real
+image may anchor it in the paper); the perceptual term's feature network;
+and the weights:
 
 - a pixel term, ``L_L1 = 1/n Σ_i ‖G_T(x_i) − G_S(x_i)‖_1``
   (:func:`gan_pixel_loss`);
@@ -34,9 +35,10 @@ weights:
 
 Adaptations, all stated again where the runs use them
 (:mod:`kdutils.gan_train`): the input is noise (an unconditional DCGAN),
-not a source image; the norms are taken as means over the elements (the
-paper's ``‖·‖_1`` per sample divided by the number of elements, which only
-rescales the weights and keeps them independent of the image size); the
+not a source image; the norms are taken as means over the elements (this
+book's reading is an L1 norm ``‖·‖_1`` per sample; dividing it by the number
+of elements only rescales the weights and keeps them independent of the
+image size); the
 perceptual features are those of the frozen *teacher discriminator*, not of
 an ImageNet network, so that the book's classifier stays independent of
 training and can measure the result.
