@@ -8,7 +8,10 @@ from kdutils: the lowest layer, usable by losses and distillers alike.
 
 from __future__ import annotations
 
-__all__ = ["check_T", "check_int", "check_weights"]
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["check_T", "check_int", "check_weights", "merge_args"]
 
 
 def check_T(T: float, name: str = "T") -> None:
@@ -28,3 +31,27 @@ def check_weights(**weights: float) -> None:
     for k, v in weights.items():
         if v < 0:
             raise ValueError(f"{k} must be >= 0, got {v}")
+
+
+def merge_args(method: str, args: Any, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """A method's ``args`` (a mapping or ``(name, value)`` pairs) over its
+    ``defaults``, as a dict; ValueError for any other form or for a name the
+    method does not take. The values are the caller's to check."""
+    if isinstance(args, Mapping):
+        given = dict(args)
+    elif isinstance(args, Iterable) and not isinstance(args, (str, bytes)):
+        try:
+            given = dict(args)
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"args must be a mapping or (name, value) pairs, got {args!r}"
+            ) from None
+    else:
+        raise ValueError(f"args must be a mapping or (name, value) pairs, got {args!r}")
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        known = ", ".join(defaults) or f"none (method {method!r} takes no args)"
+        raise ValueError(
+            f"args: {method!r} has no argument(s) {unknown}; it takes {known}"
+        )
+    return {**defaults, **given}

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from . import detection, segmentation
+from .checks import merge_args
 from .cost import count_macs
 from .errors import CorruptArtifact
 from .loop import (
@@ -502,25 +503,8 @@ class DenseConfig:
 def _fill_args(method: str, args: Any) -> tuple[tuple[str, Any], ...]:
     """``args`` (a mapping or pairs) checked and completed with the method's
     defaults, as sorted pairs: one experiment always has one key."""
-    if isinstance(args, Mapping):
-        given = dict(args)
-    elif isinstance(args, Iterable) and not isinstance(args, (str, bytes)):
-        try:
-            given = dict(args)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"args must be a mapping or (name, value) pairs, got {args!r}"
-            ) from None
-    else:
-        raise ValueError(f"args must be a mapping or (name, value) pairs, got {args!r}")
     defaults = dict(DENSE_METHODS[method].defaults) if method != "none" else {}
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        known = ", ".join(defaults) or "none (method 'none' takes no args)"
-        raise ValueError(
-            f"args: {method!r} has no argument(s) {unknown}; it takes {known}"
-        )
-    out = {**defaults, **given}
+    out = merge_args(method, args, defaults)
     for k, v in out.items():
         d = defaults[k]
         if isinstance(d, float) and _is_real(v):

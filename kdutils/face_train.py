@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +49,7 @@ from torch import Tensor, nn
 
 from . import verification as vf
 from .appruns import AppResult, check_finite, run_app
+from .checks import merge_args
 from .cost import count_macs
 from .losses.face import (
     arcface_loss,
@@ -266,25 +267,8 @@ class FaceConfig:
 
 
 def _fill_args(method: str, args: Any) -> tuple[tuple[str, float], ...]:
-    if isinstance(args, Mapping):
-        given = dict(args)
-    elif isinstance(args, Iterable) and not isinstance(args, (str, bytes)):
-        try:
-            given = dict(args)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"args must be a mapping or (name, value) pairs, got {args!r}"
-            ) from None
-    else:
-        raise ValueError(f"args must be a mapping or (name, value) pairs, got {args!r}")
     defaults = dict(FACE_METHODS[method].defaults) if method != "none" else {}
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        known = ", ".join(defaults) or "none (method 'none' takes no args)"
-        raise ValueError(
-            f"args: {method!r} has no argument(s) {unknown}; it takes {known}"
-        )
-    out = {**defaults, **given}
+    out = merge_args(method, args, defaults)
     for k, v in out.items():
         if not _is_real(v) or v < 0:
             raise ValueError(

@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +76,7 @@ from torch import Tensor
 
 from . import data as kdata
 from .appruns import AppResult, check_finite, run_app
+from .checks import merge_args
 from .config import is_int, is_real, make_config, teacher_config
 from .cost import count_macs
 from .gan import (
@@ -274,25 +275,8 @@ class GanConfig:
 
 def _fill_args(method: str, args: Any) -> tuple[tuple[str, float], ...]:
     """``args`` checked and completed with the method's defaults, sorted."""
-    if isinstance(args, Mapping):
-        given = dict(args)
-    elif isinstance(args, Iterable) and not isinstance(args, (str, bytes)):
-        try:
-            given = dict(args)
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"args must be a mapping or (name, value) pairs, got {args!r}"
-            ) from None
-    else:
-        raise ValueError(f"args must be a mapping or (name, value) pairs, got {args!r}")
     defaults = dict(GAN_METHODS[method].defaults)
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        known = ", ".join(defaults) or f"none (method {method!r} takes no args)"
-        raise ValueError(
-            f"args: {method!r} has no argument(s) {unknown}; it takes {known}"
-        )
-    out = {**defaults, **given}
+    out = merge_args(method, args, defaults)
     for k, v in out.items():
         if not is_real(v) or not math.isfinite(v) or v < 0:
             raise ValueError(
