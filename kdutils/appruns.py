@@ -27,7 +27,6 @@ import hashlib
 import io
 import json
 import math
-import platform
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -35,7 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -49,7 +47,7 @@ from .loop import (
     save_checkpoint,
     seed_everything,
 )
-from .provenance import git_commit
+from .provenance import machine_provenance
 from .results import (
     atomic_write_bytes,
     remove_checked,
@@ -58,7 +56,6 @@ from .results import (
     verify_file,
 )
 from .runs import CORE_VERSION, cache_dir, check_cache_writable, run_lock
-from .version import __version__
 
 __all__ = [
     "AppResult",
@@ -226,26 +223,6 @@ class AppResult:
     def __repr__(self) -> str:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in sorted(self.metrics.items())[:4])
         return f"AppResult({self.kind}/{self.name}: {shown})"
-
-
-def _provenance(device: torch.device, kind: str, version: int) -> dict[str, Any]:
-    name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else platform.processor()
-    )
-    return {
-        "git_commit": git_commit(),
-        "versions": {"core": CORE_VERSION, kind: version},
-        "kdutils": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "device": f"{device.type}: {name or platform.machine()}",
-        "threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()),
-    }
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -438,7 +415,11 @@ def _train(
         history=history,
         info=sess.info(),
         seconds=sum(h["seconds"] for h in history),
-        provenance={**_provenance(device, kind, version), "wall_seconds": wall},
+        provenance={
+            **machine_provenance(device),
+            "versions": {"core": CORE_VERSION, kind: version},
+            "wall_seconds": wall,
+        },
         files={name: sha256_file(folder / name) for name in files},
         path=str(folder),
     )

@@ -68,7 +68,7 @@ from .losses.detection import (
     teacher_bounded_loss,
 )
 from .models import check_model_name, num_params
-from .provenance import provenance
+from .provenance import machine_provenance
 from .results import (
     atomic_write_bytes,
     remove_checked,
@@ -1024,7 +1024,7 @@ def _train(
         flops=2 * count_macs(student, (1, cfg.size, cfg.size)),
         seconds=sum(h["seconds"] for h in history),
         provenance={
-            **provenance(device),
+            **machine_provenance(device),
             "code_hash": _code_hash(cfg.task),
             "versions": {"core": CORE_VERSION, "dense": DENSE_VERSION},
             "wall_seconds": wall,

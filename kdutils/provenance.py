@@ -21,7 +21,13 @@ from .registry import get_method
 from .runs import CORE_VERSION
 from .version import __version__
 
-__all__ = ["code_hash", "git_commit", "method_sources", "provenance"]
+__all__ = [
+    "code_hash",
+    "git_commit",
+    "machine_provenance",
+    "method_sources",
+    "provenance",
+]
 
 _PKG = Path(__file__).resolve().parent
 # The source files of the computation every run shares; a method adds the
@@ -108,6 +114,18 @@ def git_commit() -> str | None:
 
 
 def provenance(device: torch.device, method: str = "ce") -> dict:
+    """A classification run's provenance: :func:`machine_provenance` plus the
+    hash of the sources it ran and the declared versions."""
+    return {
+        **machine_provenance(device),
+        "code_hash": code_hash(method),
+        "versions": {"core": CORE_VERSION, method: get_method(method).version},
+    }
+
+
+def machine_provenance(device: torch.device) -> dict:
+    """What any run records of where and when it ran: the git commit, the
+    library versions, the device, the thread count, the platform, the date."""
     import torchvision
 
     name = (
@@ -117,8 +135,6 @@ def provenance(device: torch.device, method: str = "ce") -> dict:
     )
     return {
         "git_commit": git_commit(),
-        "code_hash": code_hash(method),
-        "versions": {"core": CORE_VERSION, method: get_method(method).version},
         "kdutils": __version__,
         "python": platform.python_version(),
         "torch": torch.__version__,
