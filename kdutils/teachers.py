@@ -11,6 +11,7 @@ import io
 import os
 import pickle
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -44,20 +45,10 @@ def teacher_train_logits(
     """The teacher's logits on the (unaugmented) training set, cached in its run folder."""
     suffix = "" if t_res.epoch is None else f"-e{t_res.epoch}"
     path = Path(t_res.path) / f"train_logits{suffix}.pt"
-    if path.exists():
-        try:
-            verify_file(path)
-            logits = torch.load(path, weights_only=True)
-            if not isinstance(logits, Tensor) or logits.ndim != 2:
-                raise CorruptArtifact(f"{path} holds no (N, classes) logits")
-        except (CorruptArtifact, EOFError, RuntimeError, pickle.UnpicklingError) as e:
-            moved = set_aside(path, cache_dir() / "set-aside")
-            why = str(e) if isinstance(e, CorruptArtifact) else f"{path} is unreadable"
-            print(f"[corrupt] {why}; moved to {moved}; computing the logits again")
-        else:
-            if logits.shape[0] == len(train):
-                print(f"[cache] {t_res.name}: logits on the training set (loaded)")
-                return logits
+    logits = _load_stored(path, lambda t: t.ndim == 2, "(N, classes) logits", "logits")
+    if logits is not None and logits.shape[0] == len(train):
+        print(f"[cache] {t_res.name}: logits on the training set (loaded)")
+        return logits
     logits = predict_logits(teacher, train)
     buf = io.BytesIO()
     torch.save(logits, buf)
@@ -175,19 +166,29 @@ def _outputs(
 def _load_views(path: Path, n: int, n_views: int) -> Tensor | None:
     """Stored per-view outputs from ``path`` if present, whole and of this
     training set; a broken file is set aside with a line."""
+    t = _load_stored(path, lambda t: t.ndim >= 3, "(N, views, ...) outputs", "outputs")
+    return t if t is not None and t.shape[:2] == (n, n_views) else None
+
+
+def _load_stored(
+    path: Path, fits: Callable[[Tensor], bool], holds: str, what: str
+) -> Tensor | None:
+    """The tensor a teacher's run stored in ``path``, checked against its
+    checksum and by ``fits``; None if absent. A broken or unreadable file is
+    set aside (kept, not deleted) with a line saying ``what`` is computed again."""
     if not path.exists():
         return None
     try:
         verify_file(path)
         t = torch.load(path, weights_only=True)
-        if not isinstance(t, Tensor) or t.ndim < 3:
-            raise CorruptArtifact(f"{path} holds no (N, views, ...) outputs")
+        if not isinstance(t, Tensor) or not fits(t):
+            raise CorruptArtifact(f"{path} holds no {holds}")
     except (CorruptArtifact, EOFError, RuntimeError, pickle.UnpicklingError) as e:
         moved = set_aside(path, cache_dir() / "set-aside")
         why = str(e) if isinstance(e, CorruptArtifact) else f"{path} is unreadable"
-        print(f"[corrupt] {why}; moved to {moved}; computing the outputs again")
+        print(f"[corrupt] {why}; moved to {moved}; computing the {what} again")
         return None
-    return t if t.shape[:2] == (n, n_views) else None
+    return t
 
 
 # Teacher feature maps for the whole training set are kept in memory only when
