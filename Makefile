@@ -11,7 +11,8 @@
 #                           the checkout, smoke notebooks (papermill, from an empty
 #                           cache), nbval re-execution with the runs they trained,
 #                           book with warnings as errors, headless-browser check
-#   make reproduce          the survey's Table 1 (PROFILE, SEEDS="0 1 2"), resumable
+#   make reproduce          the survey's Table 1 (PROFILE, SEEDS="0 1 2 3 4"),
+#                           resumable; TUNE=1 tunes each method on validation first
 #   make bench              bench/bench_speed.py: kdutils' loop vs the usual KD loop
 #                           (BENCH_ARGS="--device cuda --profile")
 #   make dist               the wheel and the sdist of kdutils, into dist/
@@ -248,9 +249,12 @@ test-browser: | setup
 
 # ---------------------------------------------------------------- misc
 
-SEEDS ?= 0 1 2
+SEEDS ?= 0 1 2 3 4
+# TUNE=1: first tune each method's main knob on the validation split.
+TUNE ?=
 reproduce: setup
-	$(PY) -m kdutils reproduce --table 1 --profile $(PROFILE) --seeds $(SEEDS)
+	$(PY) -m kdutils reproduce --table 1 --profile $(PROFILE) --seeds $(SEEDS) \
+		$(if $(TUNE),--tune)
 
 dist: setup
 	rm -rf dist

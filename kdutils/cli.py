@@ -98,7 +98,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--table", type=int, choices=[1], default=1)
     r.add_argument("--profile", default="quick")
-    r.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    r.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2, 3, 4],
+        help="default: 5 seeds (the survey reports the mean of 3)",
+    )
     r.add_argument("--rows", nargs="+", default=None, help="only these rows (names)")
     r.add_argument(
         "--out", type=Path, default=None, help="default: results/table1/<profile>"
@@ -126,6 +132,25 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also run the methods published after the survey, as rows beside "
         "Table 1 (extra.md), never mixed into it",
+    )
+    r.add_argument(
+        "--tune",
+        action="store_true",
+        help="first tune each method's main knob on the validation split "
+        "(one seed), then run the chosen settings; written by default to "
+        "results/table1/<profile>-tuned",
+    )
+    r.add_argument(
+        "--tune-seed",
+        type=int,
+        default=None,
+        help="the seed of the tuning runs (default 100; not a reported seed)",
+    )
+    r.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print how many runs the reproduction (and, with --tune, the "
+        "search) makes and the projected hours; run nothing",
     )
     f = sub.add_parser("figures", help="write the book's generated figures")
     f.add_argument("--out", type=Path, required=True)
@@ -221,7 +246,53 @@ def _train(args) -> int:
     return 0
 
 
+def _dry_run(args) -> int:
+    from kdutils.reproduce import TUNE_SEED, table1_rows
+    from kdutils.reproduce.plan import count_runs, per_run_hours
+
+    rows = table1_rows()
+    if args.rows:
+        names = {r.row.lower(): r for r in rows}
+        unknown = [r for r in args.rows if r.lower() not in names]
+        if unknown:
+            raise ValueError(
+                f"unknown Table-1 row(s) {unknown}; choose from: "
+                + ", ".join(r.row for r in rows)
+            )
+        rows = [names[r.lower()] for r in args.rows]
+    seed = TUNE_SEED if args.tune_seed is None else args.tune_seed
+    n = count_runs(
+        rows, args.profile, args.seeds, tune=args.tune, tune_seed=seed, amp=args.amp
+    )
+    per = per_run_hours(args.profile, amp=args.amp)
+    lines = [
+        ("the authors' defaults", n["defaults"]),
+    ]
+    if args.tune:
+        lines += [
+            (f"the search (seed {seed}, one knob after another)", n["tuning"]),
+            ("the tuned rows (at most: only changed settings)", n["tuned_at_most"]),
+        ]
+    print(
+        f"Table 1, profile {args.profile}, seeds {args.seeds}"
+        + (f", {args.amp}" if args.amp else "")
+        + ": runs to train from an empty cache (each run once)"
+    )
+    for what, k in lines:
+        hours = f"  ~{k * per[0]:.1f} h" if per else ""
+        print(f"  {what:<52} {k:4d}{hours}")
+    if per:
+        total = sum(k for _, k in lines)
+        print(f"  {'total':<52} {total:4d}  ~{total * per[0]:.1f} h")
+        print(f"hours: {per[0] * 3600:.0f} s a run, from {per[1]}")
+    else:
+        print(f"hours: no measured time per run for profile {args.profile!r}")
+    return 0
+
+
 def _reproduce(args) -> int:
+    if args.dry_run:
+        return _dry_run(args)
 
     if args.gpus_per_run < 0 or args.cpus_per_run <= 0:
         raise ValueError("--gpus-per-run must be >= 0 and --cpus-per-run > 0")
@@ -240,6 +311,8 @@ def _reproduce(args) -> int:
         rows=args.rows,
         amp=args.amp,
         extra=args.extra,
+        tune=args.tune,
+        **({} if args.tune_seed is None else {"tune_seed": args.tune_seed}),
         **extra,
     )
     print((Path(out["out"]) / "table.md").read_text())

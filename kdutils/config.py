@@ -362,9 +362,33 @@ def _check_hparam(method: str, name: str, value: Any, param: inspect.Parameter) 
         )
 
 
+# Settings ``_check_values`` has accepted: building on the meta device still
+# initialises every weight (about 0.1 s a config), and planning a reproduction
+# checks hundreds of configs that differ only in their seed.
+_CHECKED: set[str] = set()
+
+
 def _check_values(cls, cfg: Config) -> None:
     """Build the method on the meta device: bad values (T <= 0, negative
     weights) raise here, before any teacher is trained."""
+    key = json.dumps(
+        [
+            f"{cls.__module__}.{cls.__qualname__}",
+            cfg.method,
+            cfg.student,
+            cfg.teacher if cls.needs_teacher else None,
+            len(cfg.teacher_runs),
+            sorted((k, repr(v)) for k, v in cfg.method_args.items()),
+        ]
+    )
+    if key in _CHECKED:
+        return
+    _build_on_meta(cls, cfg)
+    if len(_CHECKED) < 10_000:
+        _CHECKED.add(key)
+
+
+def _build_on_meta(cls, cfg: Config) -> None:
     with torch.device("meta"):
         teacher = create_model(cfg.teacher) if cls.needs_teacher else None
         if teacher is not None and len(cfg.teacher_runs) > 1:

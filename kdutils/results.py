@@ -200,7 +200,9 @@ class Result:
         """The test accuracy at :attr:`best_val_epoch`: an epoch chosen without
         looking at the test set (None without a validation split)."""
         e = self.best_val_epoch
-        return None if e is None else self.history[e - 1]["test_acc"]
+        if e is None:
+            return None
+        return next(h["test_acc"] for h in self.history if h["epoch"] == e)
 
     @property
     def best_test_acc(self) -> float:

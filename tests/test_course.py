@@ -174,7 +174,9 @@ def test_each_closing_section_appears_once(name):
         if line.startswith("## ")
     ]
     for section in ("## Takeaways", "## Exercises", "## References"):
-        assert heads.count(section) == 1, f"{name}: {heads.count(section)} x {section!r}"
+        assert heads.count(section) == 1, (
+            f"{name}: {heads.count(section)} x {section!r}"
+        )
 
 
 @pytest.mark.parametrize("name", CHAPTERS)

@@ -49,7 +49,9 @@ def test_a_loaded_record_lists_its_entries_in_the_order_the_trained_one_did(tmp_
     res = Result(
         **{
             **{f: getattr(res, f) for f in ("name", "key", "config", "provenance")},
-            "history": [{"train_kd": 0.4, "train_afm": 0.7, "epoch": 1, "test_acc": 0.9}],
+            "history": [
+                {"train_kd": 0.4, "train_afm": 0.7, "epoch": 1, "test_acc": 0.9}
+            ],
             "final": {"test_acc": 0.9, "b": {"z": 1, "a": 2}},
         }
     )
