@@ -15,6 +15,7 @@
 #                           resumable; TUNE=1 tunes each method on validation first
 #   make bench              bench/bench_speed.py: kdutils' loop vs the usual KD loop
 #                           (BENCH_ARGS="--device cuda --profile")
+#   make bench-parallel     bench/book_parallel.py: the book's runs serial vs JOBS
 #   make dist               the wheel and the sdist of kdutils, into dist/
 #   make clean / distclean  remove _build / also .venv, .cache, _offline
 #
@@ -88,7 +89,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 TIMED := bash scripts/timed
 TEST_TIMINGS := $(BUILD)/test-timings.txt
 
-.PHONY: help setup sysdeps book executed assemble reproduce bench dist clean distclean \
+.PHONY: help setup sysdeps book executed assemble reproduce bench bench-parallel dist clean distclean \
 	test test-lint test-unit test-install test-notebooks test-nbval test-book test-browser
 
 help:
@@ -155,10 +156,13 @@ $(EXEC_DIR)/notebooks/%.ipynb: notebooks/%.ipynb $(PKG_FILES) | setup
 	@$(PY) scripts/squash_streams.py $(EXEC_DIR)/.partial/$(@F)
 	@mv $(EXEC_DIR)/.partial/$(@F) $@
 
-# JOBS notebooks at once; two that need one teacher share it (the first trains
-# it, the other waits on the run's lock and loads it).
+# JOBS notebooks at once, the longest (by their last recorded time) started
+# first; two that need one teacher share it (the first trains it, the other
+# waits on the run's lock and loads it).
 executed: | setup
-	@$(MAKE) --no-print-directory -j$(JOBS) $(EXECUTED)
+	@$(MAKE) --no-print-directory -j$(JOBS) \
+		$(shell python3 scripts/chapter_times.py order results/chapter_times.json \
+			$(PROFILE) $(EXECUTED))
 
 $(GEN_STAMP): $(PKG_FILES) $(wildcard results/bench/*.json results/chapter_times.json) \
 		_toc.yml book/course.md scripts/chapter_times.py | setup
@@ -264,6 +268,12 @@ dist: setup
 BENCH_ARGS ?=
 bench: setup
 	$(PY) bench/bench_speed.py $(BENCH_ARGS)
+
+# The book's runs one after another with every core against one per core at
+# once, on a sample whose teachers `make book` cached (KD_CACHE_DIR).
+bench-parallel: setup
+	$(PY) bench/book_parallel.py \
+		--save results/bench/book-parallel-cpu-$(shell uname -m)-$(shell nproc)cores.json
 
 clean:
 	rm -rf $(BUILD)

@@ -2,7 +2,9 @@
 
 Reads the files that ``bench/`` writes with ``--save`` (``results/bench``):
 ``book-factor-*.json`` (the quick book's runs with and without kdutils' fast
-paths, ``bench/book_factor.py``) and the ``bench/bench_speed.py`` files (one
+paths, ``bench/book_factor.py``), ``book-parallel-*.json`` (the book's runs
+one at a time with every core or one per core at once,
+``bench/book_parallel.py``) and the ``bench/bench_speed.py`` files (one
 KD step at the survey's shape against the usual loop). Every number in the
 text comes from those files, with their provenance; nothing is measured here.
 """
@@ -84,6 +86,28 @@ def book_factor_markdown(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def book_parallel_markdown(path: Path) -> str:
+    """A ``bench/book_parallel.py`` file: serial against parallel, and the check
+    that a run does not depend on what trains beside it."""
+    d = json.loads(Path(path).read_text())
+    cores, runs = d["cores"], d["runs"]
+    names = ", ".join(f"`{r['run']}`" for r in runs)
+    same = (
+        "had bit-identical weights and epoch records"
+        if d["alone_equals_parallel"]
+        else "did **not** reproduce bit for bit"
+    )
+    return (
+        f"Measured by `bench/book_parallel.py` ({_where(d['provenance'])}; "
+        f"`{Path(path).name}`). {len(runs)} runs of the `quick` book ({names}) "
+        f"took {d['serial_wall_s']:.0f} s one after another with {cores} threads "
+        f"each, and {d['parallel_wall_s']:.0f} s trained {cores} at a time with "
+        f"one thread each, as `make book` runs them: {d['speedup']:.2f}× the "
+        f"throughput. `{d['alone']['run']}`, trained alone with one thread and "
+        f"beside the others, {same}.\n"
+    )
+
+
 def step_speed_markdown(path: Path, case: str = "kd-3x32") -> str:
     """The loops of a ``bench/bench_speed.py`` file for ``case``, in images/s."""
     d = json.loads(Path(path).read_text())
@@ -151,10 +175,11 @@ def speed_markdown(bench_dir: Path | None = None) -> str:
     """The book's "how fast" section: every saved measurement in ``bench_dir``."""
     bench_dir = Path(bench_dir) if bench_dir is not None else default_bench_dir()
     factors = sorted(bench_dir.glob("book-factor-*.json"))
+    parallel = sorted(bench_dir.glob("book-parallel-*.json"))
     # Per device, the step measurement with the most loops (CPU, and CUDA if saved).
     steps: dict[str, tuple[int, Path]] = {}
     for p in sorted(bench_dir.glob("*.json")):
-        if p.name.startswith("book-factor-"):
+        if p.name.startswith(("book-factor-", "book-parallel-")):
             continue
         d = json.loads(p.read_text())
         loops = d.get("results", {}).get("kd-3x32")
@@ -162,7 +187,7 @@ def speed_markdown(bench_dir: Path | None = None) -> str:
             device = d["args"].get("device", "cpu")
             if len(loops) > steps.get(device, (0, p))[0]:
                 steps[device] = (len(loops), p)
-    if not factors and not steps:
+    if not factors and not steps and not parallel:
         return (
             f"No measurement is saved in `{bench_dir}`: run "
             "`bench/book_factor.py --save ...` and `bench/bench_speed.py --save "
@@ -172,6 +197,9 @@ def speed_markdown(bench_dir: Path | None = None) -> str:
     for p in factors:
         parts.append("**The `quick` book's runs, with and without kdutils.** ")
         parts.append(book_factor_markdown(p))
+    for p in parallel:
+        parts.append("\n**The `quick` book's runs, one per core at once.** ")
+        parts.append(book_parallel_markdown(p))
     for device, (_, p) in sorted(steps.items()):
         where = "on a GPU" if device == "cuda" else "on the CPU"
         parts.append(f"\n**One distillation step at the survey's shape, {where}.** ")

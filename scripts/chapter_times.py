@@ -6,6 +6,10 @@
         and how they were executed (TEXT; default: one at a time, empty cache)
     python scripts/chapter_times.py table FILE.json
         the table of chapter times (Markdown): one row per chapter of _toc.yml
+    python scripts/chapter_times.py order FILE.json PROFILE NOTEBOOK ...
+        the notebooks, longest recorded time in PROFILE first (those never
+        measured first of all, in the order given): `make book` starts them
+        in this order, so with JOBS at once the longest do not start last
     python scripts/chapter_times.py weeks FILE.json book/course.md
         the course map's weekly times: each "## Week N" section of the course
         map lists its chapters as links to ../notebooks/<stem>.ipynb
@@ -130,6 +134,13 @@ def weeks(path: Path, course: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def order(path: Path, profile: str, notebooks: list[str]) -> list[str]:
+    data = json.loads(path.read_text()) if path.exists() else {}
+    seconds = data.get(profile, {}).get("seconds", {})
+    # Unmeasured first (inf), then by time, longest first; stable.
+    return sorted(notebooks, key=lambda nb: -seconds.get(Path(nb).stem, float("inf")))
+
+
 def main(argv: list[str]) -> None:
     if len(argv) >= 4 and argv[0] == "record" and argv[2] == "--how":
         record(Path(argv[1]), argv[4:], argv[3])
@@ -137,6 +148,8 @@ def main(argv: list[str]) -> None:
         record(Path(argv[1]), argv[2:])
     elif len(argv) == 2 and argv[0] == "table":
         print(table(Path(argv[1])), end="")
+    elif len(argv) >= 3 and argv[0] == "order":
+        print(" ".join(order(Path(argv[1]), argv[2], argv[3:])))
     elif len(argv) == 3 and argv[0] == "weeks":
         print(weeks(Path(argv[1]), Path(argv[2])), end="")
     else:

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+from tiny import DIGITS
 
 # The test machine has 2 cores and often runs other work; tiny models gain
 # nothing from more threads, and one thread keeps runs bitwise reproducible.
@@ -33,14 +34,7 @@ def digits_config():
     import kdutils as kd
 
     def make(**overrides):
-        args = dict(
-            dataset="digits",
-            epochs=2,
-            train_subset=300,
-            test_subset=200,
-            teacher="resnet8",
-            student="resnet8",
-        )
+        args = dict(DIGITS)
         args.update(overrides)
         return kd.make_config("smoke", **args)
 

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+from tiny import DIGITS
 
 import kdutils as kd
 from kdutils import reproduce as rep
@@ -16,17 +17,6 @@ from kdutils.cli import main
 from kdutils.reproduce import executors as rep_executors
 from kdutils.reproduce import report as rep_report
 from kdutils.reproduce import rows as rep_rows
-
-# Tiny runs: scikit-learn's digits, resnet8 teacher and student, 2 epochs.
-DIGITS = dict(
-    dataset="digits",
-    epochs=2,
-    train_subset=300,
-    test_subset=200,
-    teacher="resnet8",
-    student="resnet8",
-)
-
 
 # The pipeline rows need a teacher larger than smoke's assistant
 # (resnet8_w16-20-40-80), itself larger than the student: smoke's resnet14.

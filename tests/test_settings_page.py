@@ -57,6 +57,7 @@ def kdutils_values() -> dict[str, dict[str, object]]:
         "dataset",
         "train_subset",
         "test_subset",
+        "val_fraction",
         "augment",
         "teacher",
         "student",
@@ -94,6 +95,7 @@ def kdutils_values() -> dict[str, dict[str, object]]:
     # seeds: chapter 13's settings in the profile table (the reproduction's)
     for p in PROFILES:
         t.setdefault("seeds", {})[p] = kd.profiles.chapter("13_comparison", p)["seeds"]
+        t.setdefault("tune_seed", {})[p] = kd.reproduce.TUNE_SEED
     return t
 
 

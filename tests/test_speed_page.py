@@ -134,3 +134,32 @@ def test_a_gpu_measurement_gets_its_own_paragraph_in_gpu_hours(tmp_path):
     assert "survey's shape, on the CPU" in md and "survey's shape, on a GPU" in md
     assert "600 CPU-hours" in md and "600 GPU-hours" in md
     assert md.count("it is a GPU's job") == 1
+
+
+def _parallel(tmp_path, same=True):
+    body = {
+        "cores": 2,
+        "serial_wall_s": 200.0,
+        "parallel_wall_s": 125.0,
+        "speedup": 1.6,
+        "alone_equals_parallel": same,
+        "runs": [{"run": "ce-a-s0"}, {"run": "kd-b-s0"}],
+        "alone": {"run": "ce-a-s0"},
+        "provenance": PROV,
+    }
+    p = tmp_path / "book-parallel-x.json"
+    p.write_text(json.dumps(body))
+    return p
+
+
+def test_the_parallel_measurement_is_read_with_its_check(tmp_path):
+    from kdutils.speed import book_parallel_markdown
+
+    md = book_parallel_markdown(_parallel(tmp_path))
+    assert "took 200 s one after another with 2 threads" in md
+    assert "125 s trained 2 at a time" in md and "1.60× the throughput" in md
+    assert "bit-identical" in md and "`ce-a-s0`, `kd-b-s0`" in md
+    assert "did **not** reproduce" in book_parallel_markdown(_parallel(tmp_path, False))
+    # The section includes it, and it is not mistaken for a step measurement.
+    section = speed_markdown(tmp_path)
+    assert "one per core at once" in section and "survey's shape" not in section

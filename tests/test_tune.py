@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+from tiny import DIGITS
 
 import kdutils as kd
 from kdutils import reproduce as rep
@@ -14,15 +15,6 @@ from kdutils.reproduce import plan as rep_plan
 from kdutils.reproduce import rows as rep_rows
 from kdutils.reproduce import tune as rep_tune
 from kdutils.results import Result
-
-DIGITS = dict(
-    dataset="digits",
-    epochs=2,
-    train_subset=300,
-    test_subset=200,
-    teacher="resnet8",
-    student="resnet8",
-)
 
 
 def test_knob_values_are_factors_of_the_default():
