@@ -173,6 +173,8 @@ def test_tune_on_digits_chooses_the_best_recorded_validation(tmp_path, capsys):
         assert saved.final["val_acc"] == cand["val_acc"]
         assert saved.config["seed"] == rep.TUNE_SEED
     assert "[tune] RKD rkd_weight=" in capsys.readouterr().out
+    # The search's cost: its 3 runs (the teacher is the default table's).
+    assert rec["search_runs"] == 3 and rec["train_seconds"] > 0
 
 
 def test_count_runs_counts_each_run_once():

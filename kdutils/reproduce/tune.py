@@ -183,6 +183,7 @@ def tune(
     }
     chosen = {r.row: {} for r in rows}  # the knobs decided so far
     record: dict[str, Any] = {r.row: {"method": r.method, "steps": []} for r in rows}
+    searched: list[_Task] = []
     step = 0
     while True:
         step_rows = [r for r in rows if step < len(TUNING[r.method])]
@@ -200,6 +201,7 @@ def tune(
                     _Task(row, seed, row.config(profile, seed, **overrides), amp=amp)
                 )
         scores = _run_step(tasks, runs_dir, executor, **executor_args)
+        searched += tasks
         for r in step_rows:
             knob = TUNING[r.method][step]
             got = [
@@ -245,6 +247,7 @@ def tune(
                     for m in sorted({r.method for r in rows})
                 },
                 "rows": record,
+                **_search_cost(searched),
                 "written_by_commit": git_commit(),
                 "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             },
@@ -252,6 +255,25 @@ def tune(
         ).encode(),
     )
     return chosen
+
+
+def _search_cost(tasks: Sequence[_Task]) -> dict[str, Any]:
+    """The search's own runs, each once, and their recorded training time:
+    every stage of every candidate but the teachers trained alone (``ce``),
+    which the search shares with the default table."""
+    seconds: dict[str, float] = {}
+    for t in tasks:
+        for c in t.plan:
+            path = run_dir(c, amp=t.amp) / "result.json"
+            if c.method == "ce" or path.parent.name in seconds or not path.exists():
+                continue
+            seconds[path.parent.name] = float(
+                Result.load(path).final.get("train_seconds") or 0.0
+            )
+    return {
+        "search_runs": len(seconds),
+        "train_seconds": round(sum(seconds.values()), 1),
+    }
 
 
 def _run_step(
