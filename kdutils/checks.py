@@ -8,10 +8,34 @@ from kdutils: the lowest layer, usable by losses and distillers alike.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["check_T", "check_int", "check_weights", "merge_args"]
+__all__ = [
+    "check_T",
+    "check_int",
+    "check_weights",
+    "is_finite_real",
+    "is_int",
+    "is_real",
+    "merge_args",
+]
+
+
+def is_int(v: Any) -> bool:
+    """An integer, not a bool."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_real(v: Any) -> bool:
+    """An int or a float, not a bool (NaN and infinities included)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def is_finite_real(v: Any) -> bool:
+    """A finite int or float, not a bool."""
+    return is_real(v) and math.isfinite(v)
 
 
 def check_T(T: float, name: str = "T") -> None:

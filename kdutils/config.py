@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .checks import is_int, is_real
 from .data import check_dataset_name
 from .models import check_model_name, create_model
 from .profiles import PROFILES
@@ -180,14 +181,6 @@ _FIELD_RULES: dict[str, tuple[str, float | None, float | None]] = {
     "schedule": ("str", None, None),
 }
 _POSITIVE = {"lr", "gamma"}
-
-
-def is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def is_real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _check_field_types(cfg: Config) -> None:

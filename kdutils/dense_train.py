@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from . import detection, segmentation
-from .checks import merge_args
+from .checks import is_finite_real, is_int, merge_args
 from .cost import count_macs
 from .errors import CorruptArtifact
 from .loop import (
@@ -341,14 +341,6 @@ DENSE_METHODS: dict[str, DenseMethod] = {
 _SEED_MAX = 2**32 - 1
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 @dataclass(frozen=True)
 class DenseConfig:
     """Everything that decides a dense run (and so its cache key).
@@ -439,24 +431,24 @@ class DenseConfig:
             v = getattr(self, name)
             if v is None and name == "teacher_epochs":
                 continue
-            if not _is_int(v) or not lo <= v <= _SEED_MAX:
+            if not is_int(v) or not lo <= v <= _SEED_MAX:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
         if self.eval_every is not None and (
-            not _is_int(self.eval_every) or self.eval_every < 1
+            not is_int(self.eval_every) or self.eval_every < 1
         ):
             raise ValueError(
                 f"eval_every must be None or an integer >= 1, got {self.eval_every!r}"
             )
-        if not _is_int(self.size) or self.size < 36 or self.size % 4:
+        if not is_int(self.size) or self.size < 36 or self.size % 4:
             raise ValueError(
                 "size must be a multiple of 4 of at least 36 (the largest item "
                 f"is 35 px; the maps have stride 4), got {self.size!r}"
             )
-        if not _is_real(self.lr) or self.lr <= 0:
+        if not is_finite_real(self.lr) or self.lr <= 0:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
-        if not _is_real(self.momentum) or not 0 <= self.momentum < 1:
+        if not is_finite_real(self.momentum) or not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
-        if not _is_real(self.weight_decay) or self.weight_decay < 0:
+        if not is_finite_real(self.weight_decay) or self.weight_decay < 0:
             raise ValueError(
                 f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}"
             )
@@ -507,7 +499,7 @@ def _fill_args(method: str, args: Any) -> tuple[tuple[str, Any], ...]:
     out = merge_args(method, args, defaults)
     for k, v in out.items():
         d = defaults[k]
-        if isinstance(d, float) and _is_real(v):
+        if isinstance(d, float) and is_finite_real(v):
             v = out[k] = float(v)  # weight=3 and weight=3.0 are one experiment
         if type(v) is not type(d) or (isinstance(v, float) and not math.isfinite(v)):
             raise ValueError(

@@ -49,7 +49,7 @@ from torch import Tensor, nn
 
 from . import verification as vf
 from .appruns import AppResult, check_finite, run_app
-from .checks import merge_args
+from .checks import is_finite_real, is_int, merge_args
 from .cost import count_macs
 from .losses.face import (
     arcface_loss,
@@ -122,14 +122,6 @@ FACE_METHODS: dict[str, FaceMethod] = {
 }
 
 _SEED_MAX = 2**32 - 1
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 @dataclass(frozen=True)
@@ -207,21 +199,21 @@ class FaceConfig:
                 "heldout_images",
             ):
                 continue
-            if not _is_int(v) or not lo <= v <= _SEED_MAX:
+            if not is_int(v) or not lo <= v <= _SEED_MAX:
                 raise ValueError(f"{name} must be an integer >= {lo}, got {v!r}")
         if self.n_pairs % 2:
             raise ValueError(f"n_pairs must be even, got {self.n_pairs}")
         if self.hard not in vf.HARD_KINDS:
             raise ValueError(f"hard must be one of {vf.HARD_KINDS}, got {self.hard!r}")
         top = 28 if self.hard == "lowres" else 27
-        if not _is_int(self.hard_size) or not 1 <= self.hard_size <= top:
+        if not is_int(self.hard_size) or not 1 <= self.hard_size <= top:
             raise ValueError(
                 f"hard_size must be an integer in [1, {top}] for hard={self.hard!r} "
                 f"(pixels a side for 'lowres', masked rows for 'mask'), got "
                 f"{self.hard_size!r}"
             )
         if self.eval_every is not None and (
-            not _is_int(self.eval_every) or self.eval_every < 1
+            not is_int(self.eval_every) or self.eval_every < 1
         ):
             raise ValueError(
                 f"eval_every must be None or an integer >= 1, got {self.eval_every!r}"
@@ -234,7 +226,7 @@ class FaceConfig:
             ("margin", lambda v: 0 <= v < math.pi / 2, "in [0, pi/2)"),
         ):
             v = getattr(self, name)
-            if not _is_real(v) or not ok(v):
+            if not is_finite_real(v) or not ok(v):
                 raise ValueError(f"{name} must be a finite number {what}, got {v!r}")
             object.__setattr__(self, name, float(v))
         object.__setattr__(self, "args", _fill_args(self.method, self.args))
@@ -270,7 +262,7 @@ def _fill_args(method: str, args: Any) -> tuple[tuple[str, float], ...]:
     defaults = dict(FACE_METHODS[method].defaults) if method != "none" else {}
     out = merge_args(method, args, defaults)
     for k, v in out.items():
-        if not _is_real(v) or v < 0:
+        if not is_finite_real(v) or v < 0:
             raise ValueError(
                 f"args: {method} {k} must be a finite number >= 0, got {v!r}"
             )

@@ -76,8 +76,8 @@ from torch import Tensor
 
 from . import data as kdata
 from .appruns import AppResult, check_finite, run_app
-from .checks import merge_args
-from .config import is_int, is_real, make_config, teacher_config
+from .checks import is_int, is_real, merge_args
+from .config import make_config, teacher_config
 from .cost import count_macs
 from .gan import (
     Discriminator,
