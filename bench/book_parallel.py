@@ -37,11 +37,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_speed import _cpu_name  # noqa: E402
 from book_factor import book_runs, pick  # noqa: E402
 
 # (method, student) of seed-0 `quick` runs of the book: a baseline, a logit
 # method, two feature methods (chapters 1 to 4).
-SAMPLE = [("ce", "resnet8"), ("kd", "resnet8"), ("fitnet", "resnet8"), ("at", "resnet8")]
+SAMPLE = [
+    ("ce", "resnet8"),
+    ("kd", "resnet8"),
+    ("fitnet", "resnet8"),
+    ("at", "resnet8"),
+]
 
 _TRAIN = r"""
 import hashlib, json, sys, time
@@ -153,7 +159,10 @@ def main() -> None:
                 for r, s, q in zip(sample, serial, parallel, strict=True)
             ],
             "alone": {"run": sample[0]["folder"], **alone},
-            "provenance": machine_provenance(torch.device("cpu")),
+            "provenance": {
+                **machine_provenance(torch.device("cpu")),
+                "machine": f"{_cpu_name()}, {os.cpu_count()} cores",
+            },
         }
         args.save.parent.mkdir(parents=True, exist_ok=True)
         args.save.write_text(json.dumps(record, indent=1) + "\n")

@@ -12,6 +12,7 @@ text comes from those files, with their provenance; nothing is measured here.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 # The loops of bench_speed.py, in the order and words of the book's table.
@@ -86,12 +87,17 @@ def book_factor_markdown(path: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _short(run: str) -> str:
+    """A run folder's name without its cache key."""
+    return re.sub(r"-[0-9a-f]{12}$", "", run)
+
+
 def book_parallel_markdown(path: Path) -> str:
     """A ``bench/book_parallel.py`` file: serial against parallel, and the check
     that a run does not depend on what trains beside it."""
     d = json.loads(Path(path).read_text())
     cores, runs = d["cores"], d["runs"]
-    names = ", ".join(f"`{r['run']}`" for r in runs)
+    names = ", ".join(f"`{_short(r['run'])}`" for r in runs)
     same = (
         "had bit-identical weights and epoch records"
         if d["alone_equals_parallel"]
@@ -103,7 +109,7 @@ def book_parallel_markdown(path: Path) -> str:
         f"took {d['serial_wall_s']:.0f} s one after another with {cores} threads "
         f"each, and {d['parallel_wall_s']:.0f} s trained {cores} at a time with "
         f"one thread each, as `make book` runs them: {d['speedup']:.2f}× the "
-        f"throughput. `{d['alone']['run']}`, trained alone with one thread and "
+        f"throughput. `{_short(d['alone']['run'])}`, trained alone with one thread and "
         f"beside the others, {same}.\n"
     )
 
@@ -176,17 +182,16 @@ def speed_markdown(bench_dir: Path | None = None) -> str:
     bench_dir = Path(bench_dir) if bench_dir is not None else default_bench_dir()
     factors = sorted(bench_dir.glob("book-factor-*.json"))
     parallel = sorted(bench_dir.glob("book-parallel-*.json"))
-    # Per device, the step measurement with the most loops (CPU, and CUDA if saved).
-    steps: dict[str, tuple[int, Path]] = {}
+    # Per device (CPU, and CUDA if saved), the step measurements, newest first.
+    steps: dict[str, list[tuple[str, Path]]] = {}
     for p in sorted(bench_dir.glob("*.json")):
         if p.name.startswith(("book-factor-", "book-parallel-")):
             continue
         d = json.loads(p.read_text())
-        loops = d.get("results", {}).get("kd-3x32")
-        if loops:
+        if d.get("results", {}).get("kd-3x32"):
             device = d["args"].get("device", "cpu")
-            if len(loops) > steps.get(device, (0, p))[0]:
-                steps[device] = (len(loops), p)
+            date = str(d.get("provenance", {}).get("date", ""))
+            steps.setdefault(device, []).append((date, p))
     if not factors and not steps and not parallel:
         return (
             f"No measurement is saved in `{bench_dir}`: run "
@@ -200,10 +205,20 @@ def speed_markdown(bench_dir: Path | None = None) -> str:
     for p in parallel:
         parts.append("\n**The `quick` book's runs, one per core at once.** ")
         parts.append(book_parallel_markdown(p))
-    for device, (_, p) in sorted(steps.items()):
+    for device, files in sorted(steps.items()):
         where = "on a GPU" if device == "cuda" else "on the CPU"
+        files = sorted(files, reverse=True)
         parts.append(f"\n**One distillation step at the survey's shape, {where}.** ")
-        parts.append(step_speed_markdown(p))
+        parts.append(step_speed_markdown(files[0][1]))
+        newest = set(json.loads(files[0][1].read_text())["results"]["kd-3x32"])
+        for date, p in files[1:]:
+            loops = set(json.loads(p.read_text())["results"]["kd-3x32"])
+            if loops - newest:  # an older run measured loops the newest did not
+                parts.append(
+                    f"\n**An earlier measurement {where} ({date[:10]}), with "
+                    "loops the newest one did not run.** "
+                )
+                parts.append(step_speed_markdown(p))
     return "".join(parts)
 
 

@@ -163,3 +163,26 @@ def test_the_parallel_measurement_is_read_with_its_check(tmp_path):
     # The section includes it, and it is not mistaken for a step measurement.
     section = speed_markdown(tmp_path)
     assert "one per core at once" in section and "survey's shape" not in section
+
+
+def test_the_newest_step_measurement_leads_and_an_older_one_adds_its_other_loops(
+    tmp_path,
+):
+    old = json.loads(_steps(tmp_path).read_text())  # cpu.json: with a bf16 row
+    (tmp_path / "cpu.json").unlink()
+    new = json.loads(json.dumps(old))
+    new["provenance"] = {**PROV, "date": "2026-12-06T12:00:00+00:00"}
+    del new["results"]["kd-3x32"]["kdutils+bf16"]
+    new["results"]["kd-3x32"]["kdutils"]["img_s"] = 310.0
+    (tmp_path / "b-new.json").write_text(json.dumps(new))
+    (tmp_path / "a-old.json").write_text(json.dumps(old))
+    md = speed_markdown(tmp_path)
+    assert md.index("b-new.json") < md.index(
+        "An earlier measurement on the CPU (2026-11-28)"
+    )
+    assert md.index("An earlier measurement") < md.index("a-old.json")
+    # An older file with no loop the newest lacks is left out.
+    del old["results"]["kd-3x32"]["kdutils+bf16"]
+    (tmp_path / "a-old.json").write_text(json.dumps(old))
+    md = speed_markdown(tmp_path)
+    assert "b-new.json" in md and "a-old.json" not in md and "earlier" not in md
