@@ -161,8 +161,8 @@ $(EXEC_DIR)/notebooks/%.ipynb: notebooks/%.ipynb $(PKG_FILES) | setup
 # waits on the run's lock and loads it).
 executed: | setup
 	@$(MAKE) --no-print-directory -j$(JOBS) \
-		$(shell python3 scripts/chapter_times.py order results/chapter_times.json \
-			$(PROFILE) $(EXECUTED))
+		$(or $(shell $(PY) scripts/chapter_times.py order results/chapter_times.json \
+			$(PROFILE) $(EXECUTED)),$(EXECUTED))
 
 $(GEN_STAMP): $(PKG_FILES) $(wildcard results/bench/*.json results/chapter_times.json) \
 		_toc.yml book/course.md scripts/chapter_times.py | setup
