@@ -10,7 +10,7 @@ from pathlib import Path
 
 import kdutils as kd
 from kdutils import diagrams, plots
-from kdutils.config import make_config, teacher_config
+from kdutils.config import make_config, own_teacher
 from kdutils.distillers import describe_status, get_method
 from kdutils.errors import EnvironmentProblem
 from kdutils.loop import CheckpointError, NonFiniteLoss, resolve_device
@@ -173,10 +173,8 @@ _OWN_OPTIONS = {
 def _train_folders(cfg) -> list[Path]:
     """The run folders ``train`` may write: the student's and its teacher's."""
 
-    folders = [run_dir(cfg)]
-    if get_method(cfg.method).needs_teacher and cfg.teacher and not cfg.teacher_runs:
-        folders.append(run_dir(teacher_config(cfg)))
-    return folders
+    teacher = own_teacher(cfg)
+    return [run_dir(cfg)] + ([run_dir(teacher)] if teacher is not None else [])
 
 
 def _warn_small_teacher(cfg) -> None:

@@ -39,6 +39,7 @@ __all__ = [
     "make_config",
     "method_defaults",
     "scale_epochs",
+    "own_teacher",
     "teacher_config",
 ]
 
@@ -389,6 +390,19 @@ def _build_on_meta(cls, cfg: Config) -> None:
                 create_model(cfg.teacher) for _ in cfg.teacher_runs
             )
         build(cfg.method, create_model(cfg.student), teacher, **cfg.method_args)
+
+
+def own_teacher(cfg: Config) -> Config | None:
+    """The teacher run ``cfg`` trains (or loads) itself, ``teacher_config(cfg)``;
+    None for a method that needs no teacher, for no teacher, or when its
+    teachers are finished runs (``teacher_runs``)."""
+    if (
+        cfg.teacher is None
+        or cfg.teacher_runs
+        or not get_method(cfg.method).needs_teacher
+    ):
+        return None
+    return teacher_config(cfg)
 
 
 def teacher_config(cfg: Config) -> Config:

@@ -18,8 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..config import teacher_config
-from ..distillers import get_method
+from ..config import own_teacher
 from ..results import Result
 from ..runs import run_dir
 from .rows import TableRow
@@ -30,16 +29,8 @@ def _runs_of(row: TableRow, cfg, amp: str | None) -> set[str]:
     """The cache folders one row at one seed trains (its plan and, for a plain
     row with a teacher, that teacher)."""
     plan = row.plan(cfg, amp)
-    names = {run_dir(c, amp=amp).name for c in plan}
-    last = plan[-1]
-    if (
-        not row.pipeline
-        and last.teacher
-        and not last.teacher_runs
-        and get_method(last.method).needs_teacher
-    ):
-        names.add(run_dir(teacher_config(last), amp=amp).name)
-    return names
+    teacher = own_teacher(plan[-1])  # a pipeline's last stage has teacher_runs
+    return {run_dir(c, amp=amp).name for c in plan + ([teacher] if teacher else [])}
 
 
 def count_runs(
