@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import stats
 from .config import Config
 from .errors import CorruptArtifact
 from .models import build_model
@@ -334,8 +335,6 @@ def compare(name_a: str, accs_a: list[float], name_b: str, accs_b: list[float]) 
     The test is Welch's two-sided t-test over seeds at the 5% level; with one
     seed per side there is no test and the sentence says so.
     """
-    from scipy import stats
-
     a, b = np.asarray(accs_a, float), np.asarray(accs_b, float)
     diff = a.mean() - b.mean()
     spread = max(
@@ -347,9 +346,6 @@ def compare(name_a: str, accs_a: list[float], name_b: str, accs_b: list[float]) 
     )
     if len(a) < 2 or len(b) < 2:
         return text + "too few seeds for a test."
-    if a.std() == 0 and b.std() == 0:
-        p = 0.0 if diff != 0 else 1.0
-    else:
-        p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    p = stats.welch_p(a, b)
     verdict = "a significant difference" if p < 0.05 else "no significant difference"
     return text + f"Welch t-test p = {p:.3f}: {verdict} at the 5% level."
