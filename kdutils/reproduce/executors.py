@@ -64,6 +64,21 @@ class _Task:
         return functools.partial(run, amp=self.amp) if self.amp else run
 
 
+def _recorded_seconds(
+    configs: Sequence[Config], amp: str | None, seconds: dict[str, float]
+) -> dict[str, float]:
+    """``seconds`` with the recorded training time of each run of ``configs``
+    found in the run cache, by cache folder, each folder counted once (one
+    already in ``seconds`` is kept)."""
+    for c in configs:
+        path = run_dir(c, amp=amp) / "result.json"
+        if path.parent.name not in seconds and path.exists():
+            seconds[path.parent.name] = float(
+                Result.load(path).final.get("train_seconds") or 0.0
+            )
+    return seconds
+
+
 def _in_cache(task: _Task) -> bool:
     """Whether every run of ``task`` is already in the run cache (no training)."""
     return all((run_dir(c, amp=task.amp) / "result.json").exists() for c in task.plan)

@@ -33,7 +33,7 @@ from .. import stats
 from ..provenance import git_commit as _git_commit
 from ..results import Result, atomic_write_bytes
 from ..runs import run_dir
-from .executors import _Task
+from .executors import _recorded_seconds, _Task
 from .rows import TableRow
 
 
@@ -250,13 +250,7 @@ def _table_provenance(
             seconds[run_dir(t.final, amp=amp).name] = res.final.get(
                 "train_seconds", 0.0
             )
-    for t in tasks:
-        for c in t.plan[:-1]:
-            path = run_dir(c, amp=amp) / "result.json"
-            if path.exists() and path.parent.name not in seconds:
-                seconds[path.parent.name] = Result.load(path).final.get(
-                    "train_seconds", 0.0
-                )
+    _recorded_seconds([c for t in tasks for c in t.plan[:-1]], amp, seconds)
     prov = [r.provenance for r in runs]
     dates = sorted(str(p.get("date", ""))[:10] for p in prov if p.get("date"))
 

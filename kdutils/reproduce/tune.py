@@ -42,7 +42,7 @@ from ..errors import CorruptArtifact
 from ..provenance import git_commit
 from ..results import Result, atomic_write_bytes, set_aside
 from ..runs import run_dir
-from .executors import EXECUTORS, _Task
+from .executors import EXECUTORS, _recorded_seconds, _Task
 from .rows import TableRow
 
 # The seed of every tuning run: none of the reported seeds (0, 1, 2, ...).
@@ -261,15 +261,9 @@ def _search_cost(tasks: Sequence[_Task]) -> dict[str, Any]:
     """The search's own runs, each once, and their recorded training time:
     every stage of every candidate but the teachers trained alone (``ce``),
     which the search shares with the default table."""
-    seconds: dict[str, float] = {}
-    for t in tasks:
-        for c in t.plan:
-            path = run_dir(c, amp=t.amp) / "result.json"
-            if c.method == "ce" or path.parent.name in seconds or not path.exists():
-                continue
-            seconds[path.parent.name] = float(
-                Result.load(path).final.get("train_seconds") or 0.0
-            )
+    amp = tasks[0].amp if tasks else None  # one precision per reproduction
+    stages = [c for t in tasks for c in t.plan if c.method != "ce"]
+    seconds = _recorded_seconds(stages, amp, {})
     return {
         "search_runs": len(seconds),
         "train_seconds": round(sum(seconds.values()), 1),
