@@ -144,13 +144,10 @@ def choose(
     return min(tied, key=lambda c: knob.distance(c, defaults))
 
 
-def _signature(args: dict[str, Any]) -> str:
-    """A candidate's settings as a file-name part: ``T=8_kd_weight=2.7``."""
-    return "_".join(f"{k}={v:g}" for k, v in sorted(args.items()))
-
-
-def _shown(args: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:g}" for k, v in sorted(args.items()))
+def _signature(args: dict[str, Any], sep: str = "_") -> str:
+    """A candidate's settings, ``T=8_kd_weight=2.7`` (a file-name part), or
+    with ``sep=", "`` as printed."""
+    return sep.join(f"{k}={v:g}" for k, v in sorted(args.items()))
 
 
 def tune(
@@ -306,7 +303,7 @@ def _run_step(
         res.save(path(t))
         keep(t, res)
         print(
-            f"[tune] {t.row.row} {_shown(t.row.args)}: validation "
+            f"[tune] {t.row.row} {_signature(t.row.args, ', ')}: validation "
             f"{100 * val_score(res):.2f}%",
             flush=True,
         )
