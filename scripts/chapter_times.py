@@ -13,6 +13,13 @@
     python scripts/chapter_times.py weeks FILE.json book/course.md
         the course map's weekly times: each "## Week N" section of the course
         map lists its chapters as links to ../notebooks/<stem>.ipynb
+    python scripts/chapter_times.py runs CACHE EXECUTED.ipynb ...
+        what each executed chapter would cost from an empty cache, whatever
+        was cached when it ran: the runs it used (its "[train]", "[cache]",
+        "[wait]" and "[done]" lines), and the training time recorded in the
+        run cache CACHE for those it is the first of the notebooks given to
+        use (give them in the book's order), so a run shared by chapters
+        counts once
 
 The book includes these tables, so the times it shows are the last ones
 recorded, never typed by hand.
@@ -141,6 +148,74 @@ def order(path: Path, profile: str, notebooks: list[str]) -> list[str]:
     return sorted(notebooks, key=lambda nb: -seconds.get(Path(nb).stem, float("inf")))
 
 
+_RUN_LINE = re.compile(r"^\[(?:train|cache|wait|done)\] ([^\s:]+)", re.M)
+
+
+def run_names(notebook: str | Path) -> list[str]:
+    """The runs an executed notebook used, in order of first mention, from the
+    lines the run cache prints (its stream outputs)."""
+    nb = json.loads(Path(notebook).read_text())
+    text = "".join(
+        "".join(o.get("text", ""))
+        for c in nb["cells"]
+        for o in c.get("outputs", [])
+        if o.get("output_type") == "stream"
+    )
+    return list(dict.fromkeys(_RUN_LINE.findall(text)))
+
+
+def recorded_seconds(cache: Path, name: str) -> float | None:
+    """The training time recorded by the run ``name`` in the run cache (a
+    classification run's ``final.train_seconds``, another kind's ``seconds``);
+    None if no finished run of that name is there. Runs of one name under
+    older keys: the newest record."""
+    pattern = re.compile(re.escape(name) + r"-[0-9a-f]{6,}")
+    found = [
+        d / "result.json"
+        for d in cache.glob(f"*/{glob_escape(name)}-*")
+        if pattern.fullmatch(d.name) and (d / "result.json").is_file()
+    ]
+    if not found:
+        return None
+    rec = json.loads(max(found, key=lambda f: f.stat().st_mtime).read_text())
+    return float(
+        (rec.get("final") or {}).get("train_seconds") or rec.get("seconds") or 0
+    )
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def runs(cache: Path, notebooks: list[str]) -> tuple[str, dict]:
+    """Per chapter: the runs used, those it is the first to use, and their
+    recorded training time; a Markdown table and the same as a dict."""
+    seen: set[str] = set()
+    out: dict[str, dict] = {}
+    rows = [
+        "| chapter | runs used | first used here | their recorded training | "
+        "not in the cache |",
+        "|---|---|---|---|---|",
+    ]
+    for nb in notebooks:
+        names = run_names(nb)
+        first = [n for n in names if n not in seen]
+        seen.update(names)
+        secs = {n: recorded_seconds(cache, n) for n in first}
+        missing = sorted(n for n, s in secs.items() if s is None)
+        total = sum(s for s in secs.values() if s is not None)
+        out[Path(nb).stem] = dict(
+            used=len(names), first=len(first), seconds=round(total, 1), missing=missing
+        )
+        rows.append(
+            f"| {Path(nb).stem} | {len(names)} | {len(first)} | {fmt(total)} | "
+            f"{len(missing) or ''} |"
+        )
+    total = sum(d["seconds"] for d in out.values())
+    rows.append(f"| all | {len(seen)} distinct | | {fmt(total)} | |")
+    return "\n".join(rows) + "\n", out
+
+
 def main(argv: list[str]) -> None:
     if len(argv) >= 4 and argv[0] == "record" and argv[2] == "--how":
         record(Path(argv[1]), argv[4:], argv[3])
@@ -152,6 +227,8 @@ def main(argv: list[str]) -> None:
         print(" ".join(order(Path(argv[1]), argv[2], argv[3:])))
     elif len(argv) == 3 and argv[0] == "weeks":
         print(weeks(Path(argv[1]), Path(argv[2])), end="")
+    elif len(argv) >= 3 and argv[0] == "runs":
+        print(runs(Path(argv[1]), argv[2:])[0], end="")
     else:
         sys.exit(__doc__)
 

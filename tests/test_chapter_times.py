@@ -32,3 +32,49 @@ def test_longest_first_and_unmeasured_before_all(tmp_path):
     # No record of the profile, or no file: the order given.
     assert chapter_times.order(f, "smoke", nbs) == nbs
     assert chapter_times.order(tmp_path / "none.json", "quick", nbs) == nbs
+
+
+def _notebook(path, *lines):
+    out = {
+        "output_type": "stream",
+        "name": "stdout",
+        "text": [ln + "\n" for ln in lines],
+    }
+    cell = {"cell_type": "code", "source": [], "outputs": [out]}
+    path.write_text(json.dumps({"cells": [cell], "metadata": {}}))
+    return str(path)
+
+
+def _record(cache, kind, folder, record):
+    d = cache / kind / folder
+    d.mkdir(parents=True)
+    (d / "result.json").write_text(json.dumps(record))
+
+
+def test_runs_counts_each_shared_run_once_in_the_first_chapter(tmp_path):
+    cache = tmp_path / "cache"
+    _record(cache, "runs", "ce-a-s0-0123456789ab", {"final": {"train_seconds": 100.0}})
+    _record(cache, "runs", "ce-a-s1-0123456789ab", {"final": {"train_seconds": 7.0}})
+    # a name that only starts with another run's name is another run
+    _record(cache, "runs", "ce-a-s10-0123456789ab", {"final": {"train_seconds": 1e6}})
+    _record(cache, "face", "face-none-s0-abcdef012345", {"seconds": 30.0})
+    one = _notebook(
+        tmp_path / "01_a.ipynb",
+        "[train] ce-a-s0: 8 epochs on 100 images (cpu)",
+        "[done] ce-a-s0: test acc 80.00% in 100.0 s",
+        "[cache] ce-a-s0: logits on the training set (loaded)",
+    )
+    two = _notebook(
+        tmp_path / "02_b.ipynb",
+        "[cache] ce-a-s0: test acc 80.00% (loaded, not trained)",
+        "[wait] ce-a-s1 is being trained by process 1 on vm; waiting for it",
+        "[cache] face-none-s0: clean acc 80% (loaded, not trained)",
+        "[train] ce-missing-s0: 8 epochs",
+    )
+    text, per = chapter_times.runs(cache, [one, two])
+    assert per["01_a"] == dict(used=1, first=1, seconds=100.0, missing=[])
+    assert per["02_b"] == dict(used=4, first=3, seconds=37.0, missing=["ce-missing-s0"])
+    assert "| all | 4 distinct |" in text
+    # the order of the notebooks decides which chapter a shared run counts in
+    _, per = chapter_times.runs(cache, [two, one])
+    assert per["02_b"]["seconds"] == 137.0 and per["01_a"]["seconds"] == 0.0
