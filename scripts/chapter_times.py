@@ -1,9 +1,11 @@
 """Each chapter's measured execution time, recorded with where it was measured.
 
-    python scripts/chapter_times.py record FILE.json [--how TEXT] EXECUTED.ipynb ...
+    python scripts/chapter_times.py record FILE.json [--how TEXT] [--cache DIR] EXECUTED.ipynb ...
         store papermill's duration of each executed notebook under its profile
         (read from the notebook's metadata), with the CPU, the date, the commit
-        and how they were executed (TEXT; default: one at a time, empty cache)
+        and how they were executed (TEXT; default: one at a time, empty cache);
+        with --cache, also each chapter's training time from an empty cache
+        (see `runs`; the chapters taken in the book's order)
     python scripts/chapter_times.py table FILE.json
         the table of chapter times (Markdown): one row per chapter of _toc.yml
     python scripts/chapter_times.py order FILE.json PROFILE NOTEBOOK ...
@@ -66,15 +68,20 @@ def commit() -> str:
 HOW = "empty at the start (every run trained), one chapter at a time"
 
 
-def record(path: Path, notebooks: list[str], how: str = HOW) -> None:
+def record(
+    path: Path, notebooks: list[str], how: str = HOW, cache: Path | None = None
+) -> None:
     data = json.loads(path.read_text()) if path.exists() else {}
     by_profile: dict[str, dict[str, float]] = {}
+    nb_of: dict[str, list[str]] = {}
     for nb in notebooks:
         meta = json.loads(Path(nb).read_text())["metadata"].get("papermill", {})
         profile = meta.get("parameters", {}).get("profile")
         if profile not in PROFILES or not meta.get("duration"):
             sys.exit(f"{nb}: no papermill duration for a profile in {PROFILES}")
         by_profile.setdefault(profile, {})[Path(nb).stem] = round(meta["duration"], 1)
+        nb_of.setdefault(profile, []).append(nb)
+    book = {stem: i for i, stem in enumerate(chapters())}
     for profile, seconds in by_profile.items():
         data[profile] = {
             "cpu": cpu(),
@@ -83,6 +90,18 @@ def record(path: Path, notebooks: list[str], how: str = HOW) -> None:
             "cache": how,
             "seconds": dict(sorted(seconds.items())),
         }
+        if cache is not None:
+            ordered = sorted(
+                nb_of[profile], key=lambda nb: book.get(Path(nb).stem, 999)
+            )
+            per = runs(cache, ordered)[1]
+            missing = {stem: d["missing"] for stem, d in per.items() if d["missing"]}
+            if missing:
+                sys.exit(f"runs not in the cache {cache}: {missing}")
+            data[profile]["training"] = {
+                stem: dict(seconds=d["seconds"], runs=d["first"])
+                for stem, d in sorted(per.items())
+            }
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     print(f"recorded {sum(map(len, by_profile.values()))} chapter times in {path}")
 
@@ -100,10 +119,23 @@ def fmt(seconds: float | None) -> str:
 
 def table(path: Path) -> str:
     data = json.loads(path.read_text()) if path.exists() else {}
-    rows = ["| chapter | `smoke` | `quick` |", "|---|---|---|"]
+    trained = [p for p in PROFILES if "training" in data.get(p, {})]
+    head = ["chapter", *(f"`{p}`" for p in PROFILES)]
+    head += [f"`{p}` training from an empty cache (runs)" for p in trained]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for stem in chapters():
         cells = [fmt(data.get(p, {}).get("seconds", {}).get(stem)) for p in PROFILES]
-        rows.append(f"| {stem} | {cells[0]} | {cells[1]} |")
+        for p in trained:
+            t = data[p]["training"].get(stem)
+            cells.append(
+                f"{fmt(t['seconds'])} ({t['runs']})" if t else "not measured yet"
+            )
+        rows.append(f"| {stem} | " + " | ".join(cells) + " |")
+    for p in trained:
+        total = sum(t["seconds"] for t in data[p]["training"].values())
+        n = sum(t["runs"] for t in data[p]["training"].values())
+        cells = ["", ""] + [f"{fmt(total)} ({n})" if q == p else "" for q in trained]
+        rows.append("| all chapters measured | " + " | ".join(cells) + " |")
     notes = []
     for p in PROFILES:
         if p in data:
@@ -217,10 +249,13 @@ def runs(cache: Path, notebooks: list[str]) -> tuple[str, dict]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) >= 4 and argv[0] == "record" and argv[2] == "--how":
-        record(Path(argv[1]), argv[4:], argv[3])
-    elif len(argv) >= 2 and argv[0] == "record":
-        record(Path(argv[1]), argv[2:])
+    if len(argv) >= 2 and argv[0] == "record":
+        opts, rest = {}, argv[2:]
+        while len(rest) >= 2 and rest[0] in ("--how", "--cache"):
+            opts[rest[0][2:]] = rest[1]
+            rest = rest[2:]
+        cache = Path(opts["cache"]) if "cache" in opts else None
+        record(Path(argv[1]), rest, opts.get("how", HOW), cache)
     elif len(argv) == 2 and argv[0] == "table":
         print(table(Path(argv[1])), end="")
     elif len(argv) >= 3 and argv[0] == "order":

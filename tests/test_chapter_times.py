@@ -78,3 +78,38 @@ def test_runs_counts_each_shared_run_once_in_the_first_chapter(tmp_path):
     # the order of the notebooks decides which chapter a shared run counts in
     _, per = chapter_times.runs(cache, [two, one])
     assert per["02_b"]["seconds"] == 137.0 and per["01_a"]["seconds"] == 0.0
+
+
+def test_record_with_cache_stores_the_training_from_nothing_and_the_table_shows_it(
+    tmp_path,
+):
+    cache = tmp_path / "cache"
+    _record(cache, "runs", "ce-a-s0-0123456789ab", {"final": {"train_seconds": 100.0}})
+    _record(cache, "runs", "ce-b-s0-0123456789ab", {"final": {"train_seconds": 10.0}})
+    stems = chapter_times.chapters()[:2]
+    nbs = []
+    for stem, lines in zip(
+        stems,
+        (["[train] ce-a-s0: 8 epochs"], ["[cache] ce-a-s0: x", "[train] ce-b-s0: y"]),
+        strict=True,
+    ):
+        f = Path(_notebook(tmp_path / f"{stem}.ipynb", *lines))
+        nb = json.loads(f.read_text())
+        nb["metadata"]["papermill"] = {
+            "duration": 90.0,
+            "parameters": {"profile": "quick"},
+        }
+        f.write_text(json.dumps(nb))
+        nbs.append(str(f))
+    out = tmp_path / "times.json"
+    # given out of the book's order: the first chapter still owns the shared run
+    chapter_times.record(out, nbs[::-1], "side by side", cache)
+    d = json.loads(out.read_text())["quick"]
+    assert d["training"] == {
+        stems[0]: {"seconds": 100.0, "runs": 1},
+        stems[1]: {"seconds": 10.0, "runs": 1},
+    }
+    text = chapter_times.table(out)
+    assert "training from an empty cache" in text
+    assert f"| {stems[0]} | not measured yet | 90 s | 100 s (1) |" in text
+    assert "| all chapters measured |  |  | 110 s (2) |" in text
