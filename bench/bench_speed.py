@@ -44,7 +44,6 @@ import gc
 import itertools
 import json
 import os
-import platform
 import resource
 import shutil
 import subprocess
@@ -58,6 +57,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import reference_loop as ref  # noqa: E402
+
+from kdutils.provenance import cpu_name  # noqa: E402
 
 CASES = {
     # name: (method, dataset, augment, batch size)
@@ -425,7 +426,7 @@ def _bench(args, tmp: Path) -> None:
     where = (
         torch.cuda.get_device_name()
         if args.device == "cuda"
-        else f"{_cpu_name()}, {os.cpu_count()} cores"
+        else f"{cpu_name()}, {os.cpu_count()} cores"
     )
     print(
         f"device {args.device} ({where}); torch {torch.__version__}, "
@@ -552,26 +553,6 @@ def _bench(args, tmp: Path) -> None:
                 print(prof["table"])
     if args.save:
         _save(args, results, where)
-
-
-def _cpu_name() -> str:
-    """The CPU's model name and its widest vector instructions, from
-    /proc/cpuinfo (the machine's speed depends on both)."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and name in ("", "x86_64"):
-                name = value.strip()
-            elif key.strip() == "flags":
-                flags = set(value.split())
-                break
-    except OSError:
-        pass
-    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
-    if "avx512_bf16" in flags:
-        isa += " with bf16"
-    return f"{name} ({isa})" if isa else name
 
 
 def _view_students() -> list[str]:

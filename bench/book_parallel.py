@@ -37,7 +37,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed import _cpu_name  # noqa: E402
 from book_factor import book_runs, pick  # noqa: E402
 
 # (method, student) of seed-0 `quick` runs of the book: a baseline, a logit
@@ -159,10 +158,7 @@ def main() -> None:
                 for r, s, q in zip(sample, serial, parallel, strict=True)
             ],
             "alone": {"run": sample[0]["folder"], **alone},
-            "provenance": {
-                **machine_provenance(torch.device("cpu")),
-                "machine": f"{_cpu_name()}, {os.cpu_count()} cores",
-            },
+            "provenance": machine_provenance(torch.device("cpu")),
         }
         args.save.parent.mkdir(parents=True, exist_ok=True)
         args.save.write_text(json.dumps(record, indent=1) + "\n")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
 import platform
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from .version import __version__
 
 __all__ = [
     "code_hash",
+    "cpu_name",
     "git_commit",
     "machine_provenance",
     "method_sources",
@@ -123,9 +125,31 @@ def provenance(device: torch.device, method: str = "ce") -> dict:
     }
 
 
+def cpu_name() -> str:
+    """The CPU's model name and its widest vector instructions, from
+    /proc/cpuinfo where there is one (a CPU's speed depends on both), e.g.
+    ``"Intel(R) Xeon(R) Processor (AVX-512 with bf16)"``."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and name in ("", "x86_64"):
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+                break
+    except OSError:
+        pass
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    if "avx512_bf16" in flags:
+        isa += " with bf16"
+    return f"{name} ({isa})" if isa else name
+
+
 def machine_provenance(device: torch.device) -> dict:
     """What any run records of where and when it ran: the git commit, the
-    library versions, the device, the thread count, the platform, the date."""
+    library versions, the device, the machine (its CPU and core count), the
+    thread count, the platform, the date."""
     import torchvision
 
     name = (
@@ -141,6 +165,7 @@ def machine_provenance(device: torch.device) -> dict:
         "torchvision": torchvision.__version__,
         "numpy": np.__version__,
         "device": f"{device.type}: {name or platform.machine()}",
+        "machine": f"{cpu_name()}, {os.cpu_count()} cores",
         "threads": torch.get_num_threads(),
         "platform": platform.platform(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -145,3 +145,25 @@ def test_compare_with_one_seed_runs_no_test():
 
     text = compare("KD", [88.0], "alone", [87.0])
     assert "too few seeds" in text and "Welch" not in text
+
+
+def test_cpu_name_reads_the_model_and_the_widest_vector_instructions(
+    monkeypatch, tmp_path
+):
+    from kdutils import provenance
+
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: Some CPU 9000\n"
+        "flags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n"
+    )
+    real = provenance.Path
+    monkeypatch.setattr(provenance.platform, "processor", lambda: "")
+    monkeypatch.setattr(
+        provenance, "Path", lambda p: info if p == "/proc/cpuinfo" else real(p)
+    )
+    assert provenance.cpu_name() == "Some CPU 9000 (AVX-512 with bf16)"
+    info.write_text("model name\t: Other\nflags\t\t: sse2 avx2\n")
+    assert provenance.cpu_name() == "Other (AVX2)"
+    info.write_text("model name\t: Old\nflags\t\t: sse2\n")
+    assert provenance.cpu_name() == "Old"

@@ -77,6 +77,8 @@ def test_run_trains_and_writes_a_result_with_provenance(
     assert "git_commit" in p
     assert p["torch"] == torch.__version__
     assert p["device"].startswith(kloop.default_device().type)
+    # the machine names the CPU (its model, its vector instructions) and cores
+    assert p["machine"] == f"{kprovenance.cpu_name()}, {os.cpu_count()} cores"
     assert p["code_hash"] == kprovenance.code_hash()
     assert datetime.fromisoformat(p["date"]).tzinfo is not None
     assert p["wall_seconds"] >= 0
