@@ -43,7 +43,11 @@ PROFILES = ("smoke", "quick")
 
 
 def cpu() -> str:
-    """The CPU's model and its widest vector extension (AVX-512 or AVX2)."""
+    """The CPU's model and its widest vector extension (AVX-512 or AVX2).
+
+    A light twin of :func:`kdutils.provenance.cpu_name`: ``make`` calls this
+    script (``order``) while it reads the Makefile, and importing kdutils would
+    import torch there."""
     model, flags = platform.processor() or platform.machine(), ""
     try:
         info = Path("/proc/cpuinfo").read_text()
@@ -134,7 +138,8 @@ def table(path: Path) -> str:
     for p in trained:
         total = sum(t["seconds"] for t in data[p]["training"].values())
         n = sum(t["runs"] for t in data[p]["training"].values())
-        cells = ["", ""] + [f"{fmt(total)} ({n})" if q == p else "" for q in trained]
+        cells = [""] * len(PROFILES)
+        cells += [f"{fmt(total)} ({n})" if q == p else "" for q in trained]
         rows.append("| all chapters measured | " + " | ".join(cells) + " |")
     notes = []
     for p in PROFILES:

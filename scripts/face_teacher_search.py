@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,9 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from chapter_times import cpu  # noqa: E402  (scripts/, this file's folder)
-
 from kdutils.face_train import FACE_PROFILES, face_config, run_face  # noqa: E402
+from kdutils.provenance import cpu_name  # noqa: E402
 
 TEACHER = FACE_PROFILES["quick"]["teacher"]
 # (name, what changed, overrides of face_config("quick", "none")); the first
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "what": __doc__.split("\n\n")[2].strip().replace("\n", " "),
         "profile": "quick",
-        "cpu": cpu(),
+        "cpu": f"{cpu_name()}, {os.cpu_count()} cores",
         "seeds": args.seeds,
         "written": datetime.now(UTC).isoformat(timespec="seconds"),
         "runs": rows,
