@@ -130,7 +130,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--extra",
         action="store_true",
-        help="also run the methods published after the survey, as rows beside "
+        help="also run the methods newer than the survey's references, as rows beside "
         "Table 1 (extra.md), never mixed into it",
     )
     r.add_argument(

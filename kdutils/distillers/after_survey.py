@@ -1,4 +1,4 @@
-"""Distillers for methods published after the survey (2022-2024), beside survey section 2.1.
+"""Distillers of methods newer than the survey's references (2022-2024), beside its section 2.1.
 
 Logit methods the survey could not include (registry status ``after``, with
 the year of publication): decoupled KD (DKD, 2022), DIST (2022), logit

@@ -133,8 +133,8 @@ class ONE(_Branched):
     ``KLLoss``) so that only its CE trains the gate. ``w`` is the authors'
     sigmoid ramp-up, ``exp(-5 (1 - e/L)^2)`` over the first ``rampup`` of the
     epochs (their 80 of 300); it is 1 until the trainer's first ``on_epoch``.
-    Defaults: the authors' code (T = 3, unit weights, three branches as in
-    Table 1's "ONE (3 branches)"). The deployed student is the trunk with
+    Defaults: the authors' code (T = 3, unit weights, three branches: Table 1's
+    "3 students" for ONE). The deployed student is the trunk with
     branch 0. Terms: ``ce``, ``kl`` (branch 0), ``branches_ce``,
     ``branches_kl`` (the others, summed), ``ensemble_ce``.
     """

@@ -3,7 +3,8 @@
 A discriminator D tells the teacher's outputs ("real") from the student's
 ("fake"); the student, as the generator, learns to fool it. ``d_real`` and
 ``d_fake`` are D's raw scores (logits of "this came from the teacher"), one
-per sample. Survey Eq. (10) writes the discriminator's objective as
+per sample. Survey Eq. (10) prints the discriminator's objective as
+``log D(l_T) + log D(1 - l_S)``, which chapter 10 reads as a typo for
 ``log D(l_T) + log(1 - D(l_S))``; both functions below are that binary
 cross-entropy, computed stably from the scores with ``softplus``.
 """

@@ -1,4 +1,4 @@
-"""Logit losses of methods published after the survey (2022-2024), beside survey section 2.1.
+"""Logit losses of methods newer than the survey's references (2022-2024), beside its section 2.1.
 
 The losses of :mod:`kdutils.distillers.after_survey`: decoupled KD (DKD), DIST's
 correlation losses, logit standardisation, normalized KD (NKD) and the

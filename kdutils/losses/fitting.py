@@ -65,7 +65,8 @@ def ab_loss(
     teacher's pre-ReLU maps; lists of ``(B, C, H, W)`` of equal shapes per
     pair, shallow to deep. Returns ``()``.
 
-    Reference: ``heo2019knowledge``; survey section 2.2.1.
+    Reference: ``heo2019knowledge``; not in the survey (a RepDistiller baseline,
+    added beside section 2.2.1).
     """
     if len(feats_s) != len(feats_t) or not feats_s:
         raise ValueError(
@@ -91,7 +92,8 @@ def ft_loss(factor_s: Tensor, factor_t: Tensor) -> Tensor:
     mean runs over the batch and the D entries. Shapes ``(B, C, H, W),
     (B, C, H, W) -> ()``.
 
-    Reference: ``kim2018paraphrasing``; survey section 2.2.1.
+    Reference: ``kim2018paraphrasing``; not in the survey (a RepDistiller baseline,
+    added beside section 2.2.1).
     """
     _check_same_shape("ft_loss", factor_s, factor_t)
     b = factor_s.shape[0]
@@ -109,7 +111,8 @@ def vid_loss(mean_s: Tensor, feat_t: Tensor, var: Tensor) -> Tensor:
     (the Distiller learns it through a softplus). Shapes ``(B, C, H, W),
     (B, C, H, W), (C,) -> ()``; as in RepDistiller's ``VIDLoss``.
 
-    Reference: ``ahn2019variational``; survey section 2.2.1.
+    Reference: ``ahn2019variational``; not in the survey (a RepDistiller baseline,
+    added beside section 2.2.1).
     """
     _check_same_shape("vid_loss", mean_s, feat_t)
     if var.dim() != 1 or var.shape[0] != feat_t.shape[1]:

@@ -231,7 +231,7 @@ TAXONOMY = (
                             [],
                             "AT, FSP, AFD, ReviewKD",
                         ),
-                        ("Structural knowledge", "§2.2.3", [], "RKD, SP, IRG, CC"),
+                        ("Structural knowledge", "§2.2.3", [], "RKD, SP, IRG, CRD"),
                     ],
                 ),
                 (
@@ -275,7 +275,7 @@ TAXONOMY = (
                 ),
             ],
         ),
-        ("Applications", "§5", [], "detection, segmentation,\nfaces, NLP"),
+        ("Applications", "§5", [], "detection, segmentation,\nfaces, generation, NLP"),
     ],
 )
 
