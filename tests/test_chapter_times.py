@@ -113,3 +113,36 @@ def test_record_with_cache_stores_the_training_from_nothing_and_the_table_shows_
     assert "training from an empty cache" in text
     assert f"| {stems[0]} | not measured yet | 90 s | 100 s (1) |" in text
     assert "| all chapters measured |  |  | 110 s (2) |" in text
+    # the budget line: 110 s over two workers, far inside 2 h, and says what is missing
+    left = len(chapter_times.chapters()) - 2
+    assert (
+        "`quick` from an empty cache: 110 s of recorded training at one thread "
+        f"(chapters measured so far; {left} not yet), so at least 55 s of wall clock "
+        "with 2 workers on 2 cores, before the notebooks' own work: within the "
+        "budget of 2 h on training alone." in text
+    )
+
+
+def test_budget_line_says_by_how_much_the_book_is_over(tmp_path):
+    stems = chapter_times.chapters()
+    out = tmp_path / "times.json"
+    training = {s: {"seconds": 1800.0, "runs": 3} for s in stems}
+    out.write_text(
+        json.dumps(
+            {
+                "quick": {
+                    "cpu": "c",
+                    "date": "d",
+                    "commit": "x",
+                    "cache": "h",
+                    "seconds": {},
+                    "training": training,
+                }
+            }
+        )
+    )
+    text = chapter_times.table(out)
+    total = 1800.0 * len(stems)
+    want_over = total / 2 - 7200
+    assert f"by at least {chapter_times.fmt(want_over)}." in text
+    assert "not yet" not in text
