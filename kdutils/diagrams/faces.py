@@ -1,7 +1,8 @@
 """Diagrams of chapter 17, distillation for face recognition (the survey's
 section 5.3): distribution distillation between easy and hard samples of one
-network (Huang et al. 2020), and the plain embedding distillation from a
-frozen teacher network. See kdutils/diagrams/__init__.py for the style."""
+network (Huang et al. 2020), the plain embedding distillation from a frozen
+teacher network, and the inherited classifier (Shi et al. 2020). See
+kdutils/diagrams/__init__.py for the style."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from . import Diagram, diagram
 )
 def _face_ddl(d: Diagram) -> None:
     easy = d.data("easy pairs\n(clean images)", id="xe")
-    hard = d.data("hard pairs\n(low-resolution)", id="xh")
+    hard = d.data("hard pairs\n(masked or low-resolution)", id="xh")
     y = d.data("class labels", id="y")
     with d.group("one network, shared weights (trained)", "student"):
         ne = d.student("embedding net", id="NE")
@@ -44,7 +45,7 @@ def _face_ddl(d: Diagram) -> None:
     "pointed where a frozen, bigger teacher's points",
 )
 def _face_embed(d: Diagram) -> None:
-    x = d.data("images\n(clean and low-resolution)", id="x")
+    x = d.data("images\n(clean and hard copies)", id="x")
     y = d.data("class labels", id="y")
     t = d.teacher("teacher embedding net\n(frozen)", id="T")
     s = d.student("student embedding net", id="S")
@@ -56,3 +57,21 @@ def _face_embed(d: Diagram) -> None:
     cos = d.loss("1 − mean cos(e_S, e_T)", id="cos")
     d.edge(s, cos, "e_S")
     d.edge(t, cos, "e_T", detached=True)
+
+
+@diagram(
+    "face_inherit",
+    "The inherited classifier (Shi et al. 2020, survey §5.3): ArcFace against "
+    "the teacher's class centres, frozen; no teacher network runs",
+)
+def _face_inherit(d: Diagram) -> None:
+    x = d.data("images\n(clean and hard copies)", id="x")
+    y = d.data("class labels", id="y")
+    with d.group("the trained teacher's ArcFace head", "teacher"):
+        w = d.teacher("class centres W_T\n(copied, frozen)", id="WT")
+    s = d.student("student embedding net", id="S")
+    d.edge(x, s)
+    arc = d.loss("ArcFace(e_S, y; W_T)", id="arc")
+    d.edge(s, arc, "e_S")
+    d.edge(w, arc, "W_T", detached=True)
+    d.edge(y, arc)
