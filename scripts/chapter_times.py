@@ -162,6 +162,9 @@ def table(path: Path) -> str:
                 f"over the budget of {b['hours']:g} h by at least "
                 f"{fmt(floor - 3600 * b['hours'])}."
                 if floor > 3600 * b["hours"]
+                else f"the budget of {b['hours']:g} h is judged when every "
+                "chapter is measured."
+                if left
                 else f"within the budget of {b['hours']:g} h on training alone."
             )
         )
