@@ -582,8 +582,9 @@ def dense_config(
       placements, fewer than the 60000 training images, so items rarely
       repeat), 2000 test scenes (a steadier mAP), 30 epochs for a student
       (about 9400 steps, an hour on this CPU, minutes on a GPU) and a
-      deeper teacher (ResNet20) trained twice as long, as the detection and segmentation works
-      the survey cites train their students far longer than ``quick``.
+      deeper teacher (ResNet20) trained twice as long, as the detection and
+      segmentation works the survey cites train their students far longer
+      than ``quick``.
 
     With ``method="none"`` the run is the student alone (no teacher); the
     teacher's own run is ``dense_teacher_config(cfg)`` of a distilled
