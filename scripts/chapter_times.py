@@ -21,7 +21,8 @@
         "[wait]" and "[done]" lines), and the training time recorded in the
         run cache CACHE for those it is the first of the notebooks given to
         use (give them in the book's order), so a run shared by chapters
-        counts once
+        counts once; of that, how much is repeat seeds (runs named -s1, -s2,
+        ..., which repeat a -s0 run for the mean and spread)
 
 The book includes these tables, so the times it shows are the last ones
 recorded, never typed by hand.
@@ -106,7 +107,7 @@ def record(
             if missing:
                 sys.exit(f"runs not in the cache {cache}: {missing}")
             data[profile]["training"] = {
-                stem: dict(seconds=d["seconds"], runs=d["first"])
+                stem: dict(seconds=d["seconds"], runs=d["first"], repeats=d["repeats"])
                 for stem, d in sorted(per.items())
             }
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
@@ -124,9 +125,12 @@ def fmt(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
-def budget_line(profile: str, total: float, left: int) -> str:
+def budget_line(
+    profile: str, total: float, left: int, repeats: float | None = None
+) -> str:
     """The book's training from an empty cache (``total`` seconds at one
-    thread, ``left`` chapters not yet measured) against ``BUDGET[profile]``."""
+    thread, ``left`` chapters not yet measured, ``repeats`` of those seconds
+    spent on repeat seeds where known) against ``BUDGET[profile]``."""
     b = BUDGET[profile]
     floor = total / b["workers"]
     over = floor - 3600 * b["hours"]
@@ -139,12 +143,18 @@ def budget_line(profile: str, total: float, left: int) -> str:
     else:
         verdict = f"within the budget of {b['hours']:g} h on training alone."
     so_far = f" (chapters measured so far; {left} not yet)" if left else ""
-    return (
+    line = (
         f"`{profile}` from an empty cache: {fmt(total)} of recorded training at one "
         f"thread{so_far}, so at least {fmt(floor)} of wall clock with "
         f"{b['workers']} workers on {b['workers']} cores, before the notebooks' own "
         f"work: {verdict}"
     )
+    if repeats:
+        line += (
+            f" Of the training, {fmt(repeats)} ({100 * repeats / total:.0f}%) are "
+            "repeat seeds (the runs after seed 0 of each setting)."
+        )
+    return line
 
 
 def table(path: Path) -> str:
@@ -170,7 +180,9 @@ def table(path: Path) -> str:
         rows.append("| all chapters measured | " + " | ".join(cells) + " |")
         if p in BUDGET:
             left = [s for s in chapters() if s not in data[p]["training"]]
-            notes.append(budget_line(p, total, len(left)))
+            repeats = [t.get("repeats") for t in data[p]["training"].values()]
+            known = None if None in repeats else sum(repeats)
+            notes.append(budget_line(p, total, len(left), known))
     for p in PROFILES:
         if p in data:
             d = data[p]
@@ -215,6 +227,8 @@ def order(path: Path, profile: str, notebooks: list[str]) -> list[str]:
 
 
 _RUN_LINE = re.compile(r"^\[(?:train|cache|wait|done)\] ([^\s:]+)", re.M)
+# A run's name ends in its seed: -s0 is the first, -s1, -s2, ... repeat it.
+_REPEAT_SEED = re.compile(r"-s[1-9][0-9]*$")
 
 
 def run_names(notebook: str | Path) -> list[str]:
@@ -260,8 +274,8 @@ def runs(cache: Path, notebooks: list[str]) -> tuple[str, dict]:
     out: dict[str, dict] = {}
     rows = [
         "| chapter | runs used | first used here | their recorded training | "
-        "not in the cache |",
-        "|---|---|---|---|---|",
+        "of which repeat seeds | not in the cache |",
+        "|---|---|---|---|---|---|",
     ]
     for nb in notebooks:
         names = run_names(nb)
@@ -270,15 +284,23 @@ def runs(cache: Path, notebooks: list[str]) -> tuple[str, dict]:
         secs = {n: recorded_seconds(cache, n) for n in first}
         missing = sorted(n for n, s in secs.items() if s is None)
         total = sum(s for s in secs.values() if s is not None)
+        repeats = sum(
+            s for n, s in secs.items() if s is not None and _REPEAT_SEED.search(n)
+        )
         out[Path(nb).stem] = dict(
-            used=len(names), first=len(first), seconds=round(total, 1), missing=missing
+            used=len(names),
+            first=len(first),
+            seconds=round(total, 1),
+            repeats=round(repeats, 1),
+            missing=missing,
         )
         rows.append(
             f"| {Path(nb).stem} | {len(names)} | {len(first)} | {fmt(total)} | "
-            f"{len(missing) or ''} |"
+            f"{fmt(repeats)} | {len(missing) or ''} |"
         )
     total = sum(d["seconds"] for d in out.values())
-    rows.append(f"| all | {len(seen)} distinct | | {fmt(total)} | |")
+    repeats = sum(d["repeats"] for d in out.values())
+    rows.append(f"| all | {len(seen)} distinct | | {fmt(total)} | {fmt(repeats)} | |")
     return "\n".join(rows) + "\n", out
 
 

@@ -72,9 +72,12 @@ def test_runs_counts_each_shared_run_once_in_the_first_chapter(tmp_path):
         "[train] ce-missing-s0: 8 epochs",
     )
     text, per = chapter_times.runs(cache, [one, two])
-    assert per["01_a"] == dict(used=1, first=1, seconds=100.0, missing=[])
-    assert per["02_b"] == dict(used=4, first=3, seconds=37.0, missing=["ce-missing-s0"])
-    assert "| all | 4 distinct |" in text
+    assert per["01_a"] == dict(used=1, first=1, seconds=100.0, repeats=0.0, missing=[])
+    # ce-a-s1 repeats ce-a-s0 with another seed: its 7 s are repeat seeds
+    assert per["02_b"] == dict(
+        used=4, first=3, seconds=37.0, repeats=7.0, missing=["ce-missing-s0"]
+    )
+    assert "| all | 4 distinct | | 2 min | 7 s | |" in text
     # the order of the notebooks decides which chapter a shared run counts in
     _, per = chapter_times.runs(cache, [two, one])
     assert per["02_b"]["seconds"] == 137.0 and per["01_a"]["seconds"] == 0.0
@@ -86,11 +89,15 @@ def test_record_with_cache_stores_the_training_from_nothing_and_the_table_shows_
     cache = tmp_path / "cache"
     _record(cache, "runs", "ce-a-s0-0123456789ab", {"final": {"train_seconds": 100.0}})
     _record(cache, "runs", "ce-b-s0-0123456789ab", {"final": {"train_seconds": 10.0}})
+    _record(cache, "runs", "ce-b-s1-0123456789ab", {"final": {"train_seconds": 8.0}})
     stems = chapter_times.chapters()[:2]
     nbs = []
     for stem, lines in zip(
         stems,
-        (["[train] ce-a-s0: 8 epochs"], ["[cache] ce-a-s0: x", "[train] ce-b-s0: y"]),
+        (
+            ["[train] ce-a-s0: 8 epochs"],
+            ["[cache] ce-a-s0: x", "[train] ce-b-s0: y", "[train] ce-b-s1: y"],
+        ),
         strict=True,
     ):
         f = Path(_notebook(tmp_path / f"{stem}.ipynb", *lines))
@@ -106,20 +113,22 @@ def test_record_with_cache_stores_the_training_from_nothing_and_the_table_shows_
     chapter_times.record(out, nbs[::-1], "side by side", cache)
     d = json.loads(out.read_text())["quick"]
     assert d["training"] == {
-        stems[0]: {"seconds": 100.0, "runs": 1},
-        stems[1]: {"seconds": 10.0, "runs": 1},
+        stems[0]: {"seconds": 100.0, "runs": 1, "repeats": 0.0},
+        stems[1]: {"seconds": 18.0, "runs": 2, "repeats": 8.0},
     }
     text = chapter_times.table(out)
     assert "training from an empty cache" in text
     assert f"| {stems[0]} | not measured yet | 90 s | 100 s (1) |" in text
-    assert "| all chapters measured |  |  | 110 s (2) |" in text
-    # the budget line: 110 s over two workers, far inside 2 h, and says what is missing
+    assert "| all chapters measured |  |  | 118 s (3) |" in text
+    # the budget line: 118 s over two workers, far inside 2 h, and says what is
+    # missing and how much of the training repeats a seed
     left = len(chapter_times.chapters()) - 2
     assert (
-        "`quick` from an empty cache: 110 s of recorded training at one thread "
-        f"(chapters measured so far; {left} not yet), so at least 55 s of wall clock "
+        "`quick` from an empty cache: 118 s of recorded training at one thread "
+        f"(chapters measured so far; {left} not yet), so at least 59 s of wall clock "
         "with 2 workers on 2 cores, before the notebooks' own work: the budget of "
-        "2 h is judged when every chapter is measured." in text
+        "2 h is judged when every chapter is measured. Of the training, 8 s (7%) "
+        "are repeat seeds (the runs after seed 0 of each setting)." in text
     )
 
 
