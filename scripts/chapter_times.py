@@ -5,7 +5,8 @@
         (read from the notebook's metadata), with the CPU, the date, the commit
         and how they were executed (TEXT; default: one at a time, empty cache);
         with --cache, also each chapter's training time from an empty cache
-        (see `runs`; the chapters taken in the book's order)
+        (see `runs`; the chapters taken in the book's order; every key of a run
+        name counts, since the cache started empty)
     python scripts/chapter_times.py table FILE.json
         the table of chapter times (Markdown): one row per chapter of _toc.yml
     python scripts/chapter_times.py order FILE.json PROFILE NOTEBOOK ...
@@ -102,7 +103,8 @@ def record(
             ordered = sorted(
                 nb_of[profile], key=lambda nb: book.get(Path(nb).stem, 999)
             )
-            per = runs(cache, ordered)[1]
+            # the cache started empty: every key of a name was trained once
+            per = runs(cache, ordered, every_key=True)[1]
             missing = {stem: d["missing"] for stem, d in per.items() if d["missing"]}
             if missing:
                 sys.exit(f"runs not in the cache {cache}: {missing}")
@@ -244,11 +246,14 @@ def run_names(notebook: str | Path) -> list[str]:
     return list(dict.fromkeys(_RUN_LINE.findall(text)))
 
 
-def recorded_seconds(cache: Path, name: str) -> float | None:
+def recorded_seconds(cache: Path, name: str, every_key: bool = False) -> float | None:
     """The training time recorded by the run ``name`` in the run cache (a
     classification run's ``final.train_seconds``, another kind's ``seconds``);
     None if no finished run of that name is there. Runs of one name under
-    older keys: the newest record."""
+    several keys: the newest record, or with ``every_key`` their sum (right
+    for a cache that started empty, where every key was trained once, e.g. a
+    teacher trained again for fewer epochs in an exercise: its name does not
+    say so)."""
     pattern = re.compile(re.escape(name) + r"-[0-9a-f]{6,}")
     found = [
         d / "result.json"
@@ -257,19 +262,28 @@ def recorded_seconds(cache: Path, name: str) -> float | None:
     ]
     if not found:
         return None
-    rec = json.loads(max(found, key=lambda f: f.stat().st_mtime).read_text())
-    return float(
-        (rec.get("final") or {}).get("train_seconds") or rec.get("seconds") or 0
-    )
+
+    def seconds(f: Path) -> float:
+        rec = json.loads(f.read_text())
+        return float(
+            (rec.get("final") or {}).get("train_seconds") or rec.get("seconds") or 0
+        )
+
+    if every_key:
+        return sum(seconds(f) for f in found)
+    return seconds(max(found, key=lambda f: f.stat().st_mtime))
 
 
 def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
-def runs(cache: Path, notebooks: list[str]) -> tuple[str, dict]:
+def runs(
+    cache: Path, notebooks: list[str], every_key: bool = False
+) -> tuple[str, dict]:
     """Per chapter: the runs used, those it is the first to use, and their
-    recorded training time; a Markdown table and the same as a dict."""
+    recorded training time (``every_key``: see :func:`recorded_seconds`); a
+    Markdown table and the same as a dict."""
     seen: set[str] = set()
     out: dict[str, dict] = {}
     rows = [
@@ -281,7 +295,7 @@ def runs(cache: Path, notebooks: list[str]) -> tuple[str, dict]:
         names = run_names(nb)
         first = [n for n in names if n not in seen]
         seen.update(names)
-        secs = {n: recorded_seconds(cache, n) for n in first}
+        secs = {n: recorded_seconds(cache, n, every_key) for n in first}
         missing = sorted(n for n, s in secs.items() if s is None)
         total = sum(s for s in secs.values() if s is not None)
         repeats = sum(

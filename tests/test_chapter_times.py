@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -162,3 +163,19 @@ def test_budget_line_says_by_how_much_the_book_is_over(tmp_path):
     d["quick"]["training"] = training
     out.write_text(json.dumps(d))
     assert "within the budget of 2 h on training alone." in chapter_times.table(out)
+
+
+def test_a_name_trained_under_two_keys_counts_both_only_from_an_empty_cache(tmp_path):
+    # a teacher trained again for fewer epochs in an exercise keeps its name
+    cache = tmp_path / "cache"
+    _record(cache, "runs", "ce-t-s0-0123456789ab", {"final": {"train_seconds": 300.0}})
+    _record(cache, "runs", "ce-t-s0-ba9876543210", {"final": {"train_seconds": 100.0}})
+    newest = cache / "runs" / "ce-t-s0-ba9876543210" / "result.json"
+    os.utime(newest, (2e9, 2e9))
+    assert chapter_times.recorded_seconds(cache, "ce-t-s0") == 100.0
+    assert chapter_times.recorded_seconds(cache, "ce-t-s0", every_key=True) == 400.0
+    nb = _notebook(tmp_path / "01_a.ipynb", "[train] ce-t-s0: 8 epochs")
+    assert chapter_times.runs(cache, [nb])[1]["01_a"]["seconds"] == 100.0
+    assert (
+        chapter_times.runs(cache, [nb], every_key=True)[1]["01_a"]["seconds"] == 400.0
+    )
