@@ -285,6 +285,17 @@ def _dry_run(args) -> int:
         print(f"hours: {per[0] * 3600:.0f} s a run, from {per[1]}")
     else:
         print(f"hours: no measured time per run for profile {args.profile!r}")
+    if args.tune:
+        name = args.profile if args.amp is None else f"{args.profile}-{args.amp}"
+        table = Path("results") / "table1" / name
+        out = args.out if args.out is not None else Path(f"{table}-tuned")
+        recorded = len(list((table / "runs").glob("*.json")))
+        searched = len(list((out / "tuning").glob("*.json")))
+        print(
+            f"recorded already: {recorded} runs in {table / 'runs'} (a tuned row "
+            f"that keeps its defaults reuses its own), {searched} search "
+            f"candidates in {out / 'tuning'}"
+        )
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -25,6 +26,7 @@ __all__ = [
     "Result",
     "load_results",
     "summarize",
+    "seed_mean",
     "compare",
     "survey_table1",
     "atomic_write_bytes",
@@ -314,10 +316,23 @@ def summarize(results: list[Result], by: tuple[str, ...] = ("method",)):
     df = pd.DataFrame(rows)
     out = (
         df.groupby(list(by), sort=False, dropna=False)["acc"]
-        .agg(["mean", "std", "count"])
+        .agg([seed_mean, "std", "count"])
         .reset_index()
     )
-    return out.rename(columns={"mean": "acc_mean", "std": "acc_std", "count": "seeds"})
+    return out.rename(
+        columns={"seed_mean": "acc_mean", "std": "acc_std", "count": "seeds"}
+    )
+
+
+def seed_mean(values) -> float:
+    """The mean over seeds, summed exactly (``math.fsum``): the same runs give
+    the same mean to the last bit whatever order they are added in, so a
+    table (:func:`summarize`) and a sentence (:func:`compare`) that print it
+    round it the same way."""
+    vals = [float(v) for v in values]
+    if not vals:
+        return math.nan
+    return math.fsum(vals) / len(vals)
 
 
 def survey_table1() -> list[dict[str, Any]]:
@@ -336,12 +351,13 @@ def compare(name_a: str, accs_a: list[float], name_b: str, accs_b: list[float]) 
     seed per side there is no test and the sentence says so.
     """
     a, b = np.asarray(accs_a, float), np.asarray(accs_b, float)
-    diff = a.mean() - b.mean()
+    mean_a, mean_b = seed_mean(a), seed_mean(b)
+    diff = mean_a - mean_b
     spread = max(
         a.std(ddof=1) if len(a) > 1 else 0.0, b.std(ddof=1) if len(b) > 1 else 0.0
     )
     text = (
-        f"{name_a} {a.mean():.2f}% vs {name_b} {b.mean():.2f}%: {diff:+.2f} points\n"
+        f"{name_a} {mean_a:.2f}% vs {name_b} {mean_b:.2f}%: {diff:+.2f} points\n"
         f"({len(a)} vs {len(b)} seeds, largest seed std {spread:.2f} points)\n"
     )
     if len(a) < 2 or len(b) < 2:

@@ -167,3 +167,23 @@ def test_cpu_name_reads_the_model_and_the_widest_vector_instructions(
     assert provenance.cpu_name() == "Other (AVX2)"
     info.write_text("model name\t: Old\nflags\t\t: sse2\n")
     assert provenance.cpu_name() == "Old"
+
+
+def test_seed_mean_does_not_depend_on_the_order_of_the_seeds():
+    from kdutils.results import seed_mean
+
+    vals = [0.1, 0.2, 0.3, 1e16, -1e16]
+    # Plain left-to-right sums of these orders differ; the exact sum does not.
+    assert sum(vals) != sum(reversed(vals))
+    assert seed_mean(vals) == seed_mean(list(reversed(vals))) == 0.6 / 5
+    assert math.isnan(seed_mean([]))
+
+
+def test_summarize_and_compare_print_the_same_mean():
+    from kdutils.results import compare
+
+    accs = (0.8602, 0.8603, 0.8611)
+    results = [_result("kd", s, a) for s, a in enumerate(accs)]
+    mean = summarize(results).set_index("method").loc["kd", "acc_mean"]
+    text = compare("kd", [100 * a for a in accs], "alone", [86.0, 86.1])
+    assert text.startswith(f"kd {mean:.2f}% vs")

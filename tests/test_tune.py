@@ -140,6 +140,45 @@ def test_reproduce_tune_runs_the_chosen_settings_on_every_seed(tmp_path, monkeyp
         rep.reproduce("smoke", [0, rep.TUNE_SEED], out=tmp_path / "u", tune=True)
 
 
+def test_reproduce_tune_reuses_the_untuned_runs_of_unchanged_rows(
+    tmp_path, monkeypatch, capsys
+):
+    """A row whose search keeps its default (AT: every candidate ties) has
+    the untuned table's config, so the tuned table reads that table's runs
+    from the folder beside it instead of training them again; a row whose
+    setting moved (RKD) trains anew."""
+    calls: list = []
+    monkeypatch.setattr(rep_rows, "run", _planted_run(calls))
+    rows = ["ResNet20", "AT", "RKD"]
+    rep.reproduce("smoke", [0, 1], out=tmp_path / "smoke", rows=rows, overrides=DIGITS)
+    calls.clear()
+    capsys.readouterr()
+    out = rep.reproduce(
+        "smoke",
+        [0, 1],
+        out=tmp_path / "smoke-tuned",
+        rows=rows,
+        overrides=DIGITS,
+        tune=True,
+    )
+    at_default = kd.make_config("smoke", method="at").method_args["at_weight"]
+    assert out["tuned"] == {"AT": {"at_weight": at_default}, "RKD": {"rkd_weight": 3.0}}
+    reported = [c for c in calls if c.seed in (0, 1)]
+    assert sorted((c.method, c.seed) for c in reported) == [("rkd", 0), ("rkd", 1)]
+    assert "[reuse] 4 runs with the authors' settings" in capsys.readouterr().out
+    for name in ("resnet20-s0", "at-s1"):
+        copied = tmp_path / "smoke-tuned" / "runs" / f"{name}.json"
+        assert Result.load(copied) == Result.load(
+            tmp_path / "smoke" / "runs" / f"{name}.json"
+        )
+    # Without the untuned table beside it, every reported run trains.
+    calls.clear()
+    rep.reproduce(
+        "smoke", [0], out=tmp_path / "x" / "t", rows=rows, overrides=DIGITS, tune=True
+    )
+    assert sorted(c.method for c in calls if c.seed == 0) == ["at", "ce", "rkd"]
+
+
 def test_tune_needs_a_validation_split(tmp_path):
     rows = [r for r in rep.table1_rows() if r.row == "RKD"]
     with pytest.raises(ValueError, match="validation split"):
@@ -203,5 +242,6 @@ def test_dry_run_trains_nothing_and_prints_the_counts(capsys, monkeypatch):
     out = capsys.readouterr().out
     assert "the search (seed 100" in out and "total" in out
     assert "seeds [0, 1, 2, 3, 4]" in out
+    assert "recorded already:" in out and "results/table1/quick/runs" in out
     assert main(["reproduce", "--profile", "quick", "--dry-run", "--rows", "x"]) != 0
     assert "unknown Table-1 row(s) ['x']" in capsys.readouterr().err

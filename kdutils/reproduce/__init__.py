@@ -89,6 +89,18 @@ def _fmt_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def _recorded(path: Path, task: _Task) -> Result | None:
+    """The run recorded at ``path`` if it is ``task``'s (same config, same
+    precision); None if there is none, or it is unreadable or another run."""
+    if not path.exists():
+        return None
+    try:
+        res = Result.load(path)
+    except CorruptArtifact:
+        return None
+    return res if task.is_done_by(res) else None
+
+
 def reproduce(
     profile: str = "quick",
     seeds: Iterable[int] = (0, 1, 2),
@@ -115,7 +127,10 @@ def reproduce(
     knob on the validation split with seed ``tune_seed`` (``tune.tune``) and
     runs the rows with the chosen settings, kept by default in
     ``results/table1/<profile>-tuned``; without it every row runs with its
-    authors' defaults. Returns ``{"table": [...], "conclusions": {...},
+    authors' defaults. A tuned reproduction reads the untuned one beside it
+    (``<out>/../<profile>/runs``): a row whose search kept its defaults has
+    the same config there, and its recorded runs are copied, not trained
+    again. Returns ``{"table": [...], "conclusions": {...},
     "missing": [...], "extra": [...], "tuned": {row: args}}``.
     """
     check_amp(amp)
@@ -146,6 +161,10 @@ def reproduce(
             )
     out = Path(out) if out is not None else Path("results") / "table1" / default
     runs_dir = out / "runs"
+    # A tuned reproduction reads the untuned one beside it: a row whose chosen
+    # setting is its default has the same config, so the same runs.
+    untuned = profile if amp is None else f"{profile}-{amp}"
+    reuse_dir = out.parent / untuned / "runs" if tune else None
 
     missing = [r for r in all_rows if not r.available]
     for r in missing:
@@ -183,8 +202,16 @@ def reproduce(
     runs_dir.mkdir(parents=True, exist_ok=True)
     results: dict[tuple[str, int], Result] = {}
     todo = []
+    reused = 0
     for t in tasks:
         path = runs_dir / t.filename
+        if not path.exists() and reuse_dir is not None:
+            res = _recorded(reuse_dir / t.filename, t)
+            if res is not None:
+                res.save(path)  # the tuned table's folder holds all its runs
+                results[(t.row.row, t.seed)] = res
+                reused += 1
+                continue
         if path.exists():
             try:
                 res = Result.load(path)
@@ -198,8 +225,15 @@ def reproduce(
                 continue
             print(f"[stale] {t.label}: {path} has another config; running again")
         todo.append(t)
-    if results:
-        print(f"[resume] {len(results)} of {len(tasks)} runs already done in {out}")
+    if reused:
+        print(
+            f"[reuse] {reused} runs with the authors' settings, recorded in {reuse_dir}"
+        )
+    if len(results) > reused:
+        print(
+            f"[resume] {len(results) - reused} of {len(tasks)} runs already done "
+            f"in {out}"
+        )
 
     finished: set[str] = set()
 
