@@ -179,3 +179,35 @@ def test_a_name_trained_under_two_keys_counts_both_only_from_an_empty_cache(tmp_
     assert (
         chapter_times.runs(cache, [nb], every_key=True)[1]["01_a"]["seconds"] == 400.0
     )
+
+
+def test_weeks_sum_wall_clock_and_bound_a_week_missing_one_from_its_training(
+    tmp_path,
+):
+    stems = chapter_times.chapters()[:3]
+    course = tmp_path / "course.md"
+    course.write_text(
+        "# Course\n\n## Week 1: one\n\n[a](../notebooks/{}.ipynb)\n\n"
+        "## Week 2: two\n\n[b](../notebooks/{}.ipynb), [c](../notebooks/{}.ipynb)\n"
+        "\n## Chapter times\n".format(*stems)
+    )
+    out = tmp_path / "times.json"
+    quick = {
+        "seconds": {stems[0]: 600.0, stems[1]: 300.0},
+        "training": {stems[2]: {"seconds": 1200.0, "runs": 4}},
+    }
+    out.write_text(json.dumps({"smoke": {"seconds": {}}, "quick": quick}))
+    text = chapter_times.weeks(out, course)
+    n = [s[:2].lstrip("0") for s in stems]
+    assert f"| Week 1 | {n[0]} | not measured yet | 10 min |" in text
+    # 300 s of wall clock + 1200 s of training: a bound, and labelled one
+    assert (
+        f"| Week 2 | {n[1]}, {n[2]} | not measured yet | at least 25 min "
+        f"(chapter {n[2]}: training only) |" in text
+    )
+    # Without the training record either, nothing is claimed.
+    del quick["training"]
+    out.write_text(json.dumps({"quick": quick}))
+    assert f"| Week 2 | {n[1]}, {n[2]} | not measured yet | not measured yet |" in (
+        chapter_times.weeks(out, course)
+    )
