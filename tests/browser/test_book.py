@@ -83,6 +83,8 @@ _IMAGES_JS = """async () => {
 }"""
 
 # Resolves once MathJax has finished its initial typesetting of the page.
+# `overflowing`: display equations wider than their box (the content column),
+# which the reader sees cut off behind a horizontal scrollbar.
 _MATHJAX_JS = """async () => {
   await window.MathJax.startup.promise;
   const main = document.querySelector('article.bd-article') ?? document.body;
@@ -94,6 +96,9 @@ _MATHJAX_JS = """async () => {
       .map((e) => e.textContent.slice(0, 80)),
     errors: Array.from(main.querySelectorAll('mjx-merror'))
       .map((e) => e.getAttribute('data-mjx-error') || e.textContent),
+    overflowing: Array.from(main.querySelectorAll('mjx-container[display="true"]'))
+      .filter((e) => e.scrollWidth > e.clientWidth + 1)
+      .map((e) => e.textContent.slice(0, 80)),
     script: (document.querySelector('script[src*="mathjax"]') || {}).src || null,
   };
 }"""
@@ -231,6 +236,10 @@ def _check_page(seen: Visit, name: str, base_url: str) -> dict:
     )
     assert not math["untypeset"], f"math left untypeset: {math['untypeset']}"
     assert not math["errors"], f"TeX errors: {math['errors']}"
+    assert not math["overflowing"], (
+        "display equations wider than the content column (cut off behind a "
+        "scrollbar; split them with aligned): " + "; ".join(math["overflowing"])
+    )
     assert math["containers"] >= math["math"]
     raw_tex = re.findall(r"\$|\\begin\{|\\\(|\\\[|\\[A-Za-z]{2,}", prose)
     assert not raw_tex, f"raw TeX visible in the text: {sorted(set(raw_tex))}"
