@@ -98,8 +98,17 @@ def test_tune_picks_the_planted_best_and_never_reads_test(tmp_path, monkeypatch)
     rows = [r for r in rep.table1_rows() if r.row in ("ResNet20", "KD", "RKD")]
     chosen = rep_tune.tune(rows, "smoke", tmp_path, overrides=DIGITS)
     assert chosen == {"KD": {"kd_weight": 2.7, "T": 8.0}, "RKD": {"rkd_weight": 3.0}}
-    # KD: 3 weights, then 3 temperatures at the chosen weight; RKD: 3 weights.
-    assert len(calls) == 3 + 3 + 3
+    # KD: 3 weights, then the temperatures at the chosen weight, of which the
+    # default (T = 4) is the first step's run, read back; RKD: 3 weights.
+    assert len(calls) == 3 + 2 + 3
+    kd_calls = [c.method_args for c in calls if c.method == "kd"]
+    assert [(a["kd_weight"], a["T"]) for a in kd_calls] == [
+        (0.3, 4.0),
+        (0.9, 4.0),
+        (2.7, 4.0),
+        (2.7, 2.0),
+        (2.7, 8.0),
+    ], "T = 4 at the chosen weight is the first step's run, not run again"
     assert {c.seed for c in calls} == {rep.TUNE_SEED}
     rec = json.loads((tmp_path / "tuning.json").read_text())
     kd_steps = rec["rows"]["KD"]["steps"]

@@ -281,6 +281,19 @@ def _run_step(
         run_id = run_dir(t.final, amp=t.amp).name
         scores[(t.row.row, _signature(t.row.args))] = (val_score(res), run_id)
 
+    def same_run(t: _Task) -> Result | None:
+        # A later knob's grid holds the setting an earlier step already ran
+        # (the chosen weight at the default temperature): under another file
+        # name, the same config, so the same run, read back, not run again.
+        for q in sorted(runs_dir.glob(f"{t.row.slug}-*.json")):
+            try:
+                res = Result.load(q)
+            except CorruptArtifact:
+                continue
+            if t.is_done_by(res):
+                return res
+        return None
+
     todo = []
     for t in tasks:
         p = path(t)
@@ -294,6 +307,10 @@ def _run_step(
                 if t.is_done_by(res):
                     keep(t, res)
                     continue
+        res = same_run(t)
+        if res is not None:
+            keep(t, res)
+            continue
         todo.append(t)
     n_done = len(tasks) - len(todo)
     if n_done:
