@@ -89,18 +89,6 @@ def _fmt_duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def _recorded(path: Path, task: _Task) -> Result | None:
-    """The run recorded at ``path`` if it is ``task``'s (same config, same
-    precision); None if there is none, or it is unreadable or another run."""
-    if not path.exists():
-        return None
-    try:
-        res = Result.load(path)
-    except CorruptArtifact:
-        return None
-    return res if task.is_done_by(res) else None
-
-
 def reproduce(
     profile: str = "quick",
     seeds: Iterable[int] = (0, 1, 2),
@@ -206,7 +194,7 @@ def reproduce(
     for t in tasks:
         path = runs_dir / t.filename
         if not path.exists() and reuse_dir is not None:
-            res = _recorded(reuse_dir / t.filename, t)
+            res = t.recorded_in(reuse_dir / t.filename)
             if res is not None:
                 res.save(path)  # the tuned table's folder holds all its runs
                 results[(t.row.row, t.seed)] = res

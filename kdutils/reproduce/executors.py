@@ -21,6 +21,7 @@ from typing import Any
 
 from ..config import Config, teacher_config
 from ..distillers import get_method
+from ..errors import CorruptArtifact
 from ..results import Result, atomic_write_bytes
 from ..runs import run_dir
 from .rows import TableRow, _comparable, _execute, _kd_run
@@ -57,6 +58,18 @@ class _Task:
         return (res.provenance.get("amp") or None) == self.amp and _comparable(
             res.config
         ) == _comparable(self.final.to_dict())
+
+    def recorded_in(self, path: Path) -> Result | None:
+        """The run saved at ``path`` if it is this task's (see
+        :meth:`is_done_by`); None if there is none there, or it is unreadable
+        or another run's."""
+        if not path.exists():
+            return None
+        try:
+            res = Result.load(path)
+        except CorruptArtifact:
+            return None
+        return res if self.is_done_by(res) else None
 
     def runner(self) -> Callable[..., Result]:
         """``kd.run`` in this task's precision."""

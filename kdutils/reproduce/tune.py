@@ -281,17 +281,17 @@ def _run_step(
         run_id = run_dir(t.final, amp=t.amp).name
         scores[(t.row.row, _signature(t.row.args))] = (val_score(res), run_id)
 
+    # A later knob's grid holds the setting an earlier step already ran (the
+    # chosen weight at the default temperature): under another file name, the
+    # same config, so the same run, read back, not run again.
+    recorded = sorted(runs_dir.glob("*.json"))
+
     def same_run(t: _Task) -> Result | None:
-        # A later knob's grid holds the setting an earlier step already ran
-        # (the chosen weight at the default temperature): under another file
-        # name, the same config, so the same run, read back, not run again.
-        for q in sorted(runs_dir.glob(f"{t.row.slug}-*.json")):
-            try:
-                res = Result.load(q)
-            except CorruptArtifact:
-                continue
-            if t.is_done_by(res):
-                return res
+        for q in recorded:
+            if q.name.startswith(f"{t.row.slug}-"):
+                res = t.recorded_in(q)
+                if res is not None:
+                    return res
         return None
 
     todo = []
