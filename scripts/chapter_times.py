@@ -1,6 +1,6 @@
 """Each chapter's measured execution time, recorded with where it was measured.
 
-    python scripts/chapter_times.py record FILE.json [--how TEXT] [--cache DIR] EXECUTED.ipynb ...
+    python scripts/chapter_times.py record FILE.json [--how TEXT] [--cache DIR] [--add] EXECUTED.ipynb ...
         store papermill's duration of each executed notebook under its profile
         (read from the notebook's metadata), with the CPU, the date, the commit
         and how they were executed (TEXT; default: one at a time, empty cache);
@@ -78,7 +78,11 @@ HOW = "empty at the start (every run trained), one chapter at a time"
 
 
 def record(
-    path: Path, notebooks: list[str], how: str = HOW, cache: Path | None = None
+    path: Path,
+    notebooks: list[str],
+    how: str = HOW,
+    cache: Path | None = None,
+    add: bool = False,
 ) -> None:
     data = json.loads(path.read_text()) if path.exists() else {}
     by_profile: dict[str, dict[str, float]] = {}
@@ -92,6 +96,23 @@ def record(
         nb_of.setdefault(profile, []).append(nb)
     book = {stem: i for i, stem in enumerate(chapters())}
     for profile, seconds in by_profile.items():
+        if add:
+            if cache is not None:
+                sys.exit("--add records wall clock only, not --cache training")
+            if profile not in data:
+                sys.exit(f"--add: {path} has no {profile} entry to add to")
+            entry = data[profile]
+            entry["seconds"] = dict(sorted({**entry["seconds"], **seconds}.items()))
+            apart = entry.setdefault("apart", {})
+            for stem in seconds:
+                apart[stem] = {
+                    "cpu": cpu(),
+                    "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+                    "commit": commit(),
+                    "cache": how,
+                }
+            entry["apart"] = dict(sorted(apart.items()))
+            continue
         data[profile] = {
             "cpu": cpu(),
             "date": datetime.now(UTC).strftime("%Y-%m-%d"),
@@ -188,10 +209,17 @@ def table(path: Path) -> str:
     for p in PROFILES:
         if p in data:
             d = data[p]
+            apart = d.get("apart", {})
+            others = " (the chapters not listed below)" if apart else ""
             notes.append(
-                f"`{p}`: measured on {d['cpu']}, {d['date']}, commit {d['commit']}, "
-                f"{d['cache']}."
+                f"`{p}`{others}: measured on {d['cpu']}, {d['date']}, "
+                f"commit {d['commit']}, {d['cache']}."
             )
+            for stem, a in apart.items():
+                notes.append(
+                    f"`{p}`, {stem}: measured apart on {a['cpu']}, {a['date']}, "
+                    f"commit {a['commit']}, {a['cache']}."
+                )
         else:
             notes.append(f"`{p}`: not measured yet for this version of the book.")
     return "\n".join(rows) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
@@ -333,11 +361,17 @@ def runs(
 def main(argv: list[str]) -> None:
     if len(argv) >= 2 and argv[0] == "record":
         opts, rest = {}, argv[2:]
-        while len(rest) >= 2 and rest[0] in ("--how", "--cache"):
+        add = False
+        while rest and rest[0] in ("--how", "--cache", "--add"):
+            if rest[0] == "--add":
+                add, rest = True, rest[1:]
+                continue
+            if len(rest) < 2:
+                sys.exit(__doc__)
             opts[rest[0][2:]] = rest[1]
             rest = rest[2:]
         cache = Path(opts["cache"]) if "cache" in opts else None
-        record(Path(argv[1]), rest, opts.get("how", HOW), cache)
+        record(Path(argv[1]), rest, opts.get("how", HOW), cache, add)
     elif len(argv) == 2 and argv[0] == "table":
         print(table(Path(argv[1])), end="")
     elif len(argv) >= 3 and argv[0] == "order":

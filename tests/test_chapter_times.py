@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import chapter_times  # noqa: E402
 
@@ -211,3 +213,40 @@ def test_weeks_sum_wall_clock_and_bound_a_week_missing_one_from_its_training(
     assert f"| Week 2 | {n[1]}, {n[2]} | not measured yet | not measured yet |" in (
         chapter_times.weeks(out, course)
     )
+
+
+def test_add_keeps_the_profile_and_notes_the_chapter_measured_apart(tmp_path):
+    stems = chapter_times.chapters()[:2]
+    out = tmp_path / "times.json"
+    out.write_text(
+        json.dumps(
+            {
+                "quick": {
+                    "cpu": "cpu A",
+                    "date": "d",
+                    "commit": "x",
+                    "cache": "from nothing",
+                    "seconds": {stems[0]: 600.0},
+                    "training": {stems[0]: {"seconds": 500.0, "runs": 2}},
+                }
+            }
+        )
+    )
+    f = Path(_notebook(tmp_path / f"{stems[1]}.ipynb", "[cache] ce-a-s0: x"))
+    nb = json.loads(f.read_text())
+    nb["metadata"]["papermill"] = {"duration": 42.0, "parameters": {"profile": "quick"}}
+    f.write_text(json.dumps(nb))
+    chapter_times.record(out, [str(f)], "replaying committed runs", add=True)
+    d = json.loads(out.read_text())["quick"]
+    # the first chapter's wall clock, training and provenance are kept
+    assert d["seconds"] == {stems[0]: 600.0, stems[1]: 42.0}
+    assert d["training"] == {stems[0]: {"seconds": 500.0, "runs": 2}}
+    assert d["cpu"] == "cpu A" and d["cache"] == "from nothing"
+    assert d["apart"][stems[1]]["cache"] == "replaying committed runs"
+    text = chapter_times.table(out)
+    assert "`quick` (the chapters not listed below): measured on cpu A" in text
+    assert f"`quick`, {stems[1]}: measured apart on " in text
+    assert "replaying committed runs." in text
+    # --add needs an entry to add to
+    with pytest.raises(SystemExit):
+        chapter_times.record(tmp_path / "none.json", [str(f)], "h", add=True)
