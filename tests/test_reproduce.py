@@ -132,7 +132,19 @@ def test_reproduce_writes_runs_table_and_conclusions(tmp_path, capsys):
         sum(r["final"]["train_seconds"] for r in kept), abs=0.1
     )
     assert prov["devices"] == sorted({r["provenance"]["device"] for r in kept})
+    assert prov["machine_runs"] == {kept[0]["provenance"]["machine"]: 6}
     assert "h of recorded training" in md and "computed on:" in md
+
+
+def test_table_names_each_cpu_with_its_runs_and_the_unrecorded_ones():
+    from kdutils.reproduce.report import _machines_line
+
+    two = {"machine_runs": {"AMD EPYC": 70, "CPU not recorded": 10}}
+    assert _machines_line(two) == "AMD EPYC (70 runs); CPU not recorded (10 runs)"
+    assert _machines_line({"machine_runs": {"Intel Xeon": 1}}) == "Intel Xeon"
+    # a conclusions.json written before the counts: the distinct machines
+    old = {"machines": ["A", "B"], "devices": ["cpu"]}
+    assert _machines_line(old) == "A; B"
 
 
 def test_reproduce_resumes_without_training_again(tmp_path, capsys, monkeypatch):

@@ -23,6 +23,7 @@ import io
 import json
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -268,11 +269,32 @@ def _table_provenance(
         "run_commits": distinct("git_commit"),
         "devices": distinct("device"),
         "machines": distinct("machine"),
+        # How many runs ran on each CPU; runs recorded before the machine was
+        # (session 17 and earlier) count as "not recorded", not as the others'.
+        "machine_runs": dict(
+            sorted(
+                Counter(
+                    str(p.get("machine") or "CPU not recorded") for p in prov
+                ).items()
+            )
+        ),
         "threads": distinct("threads"),
         "run_dates": [dates[0], dates[-1]] if dates else [],
         "written_by_commit": _git_commit(),
         "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def _machines_line(prov: dict) -> str:
+    """Each CPU with its number of runs (older provenance: the device list)."""
+    counts = prov.get("machine_runs")
+    if not counts:
+        return "; ".join(prov["machines"] or prov["devices"])
+    if len(counts) == 1:
+        return next(iter(counts))
+    return "; ".join(
+        f"{cpu} ({n} run{'' if n == 1 else 's'})" for cpu, n in counts.items()
+    )
 
 
 _VERDICT = {True: "holds", False: "does not hold", None: "untested"}
@@ -334,8 +356,9 @@ def _write_table(
             f"{prov['runs']} runs ({prov['runs_with_stages']} with the pipelines' "
             f"earlier stages), {prov['train_seconds'] / 3600:.2f} h of recorded training"
             + (f", under {prov['amp']} autocast" if prov.get("amp") else ", float32"),
-            f"- computed on: {'; '.join(prov['machines'] or prov['devices'])} "
-            f"({', '.join(prov['threads'])} threads), {dates}",
+            f"- computed on: {_machines_line(prov)}; "
+            f"{', '.join(prov['threads'])} "
+            f"thread{'' if prov['threads'] == ['1'] else 's'} a run; {dates}",
             "- run commits: "
             + ", ".join(
                 c[:10] + ("-dirty" if c.endswith("-dirty") else "")
