@@ -246,6 +246,24 @@ def test_pipeline_rows_run_resume_and_restart_where_they_stopped(
     assert "[resume] 2 of 2 runs already done" in capsys.readouterr().out
     assert calls == [] and again["table"] == out["table"]
 
+    # Each saved pipeline row records its earlier stages' training seconds, so
+    # the table's cost is read from its own files, whatever the cache holds.
+    saved = kd.Result.load(tmp_path / "t1" / "runs" / "takd-s0.json")
+    stages = saved.provenance["earlier_stages"]
+    assert sorted(stages) == sorted(
+        [kruns.run_id(assistant), "ce-resnet14-digits-s0-" + teachers[0].key]
+    )
+    assert all(v > 0 for v in stages.values())
+    prov = again["conclusions"]["provenance"]
+    assert prov["runs"] == 2 and prov["runs_with_stages"] == 5
+    monkeypatch.setenv("KD_CACHE_DIR", str(tmp_path / "empty-cache"))
+    bare = rep.reproduce("smoke", [0], **args)
+    assert calls == []  # nothing trained: both rows are in the table's folder
+    assert bare["conclusions"]["provenance"]["runs_with_stages"] == 5
+    assert bare["conclusions"]["provenance"]["train_seconds"] == pytest.approx(
+        prov["train_seconds"], abs=0.1
+    )
+
 
 def test_a_pipeline_row_is_stale_when_its_stages_change_not_the_code():
     row = {r.row: r for r in rep.table1_rows()}["TAKD"]

@@ -55,7 +55,7 @@ from ..distillers import METHODS
 from ..errors import CorruptArtifact
 from ..loop import check_amp
 from ..results import Result, set_aside
-from .executors import EXECUTORS, _eta_seconds, _Task
+from .executors import EXECUTORS, _eta_seconds, _Task, _with_stages
 from .report import (
     CONCLUSIONS,
     _table_provenance,
@@ -227,7 +227,7 @@ def reproduce(
 
     def done(task: _Task, res: Result) -> None:
         finished.add(task.label)
-        res.save(runs_dir / task.filename)
+        _with_stages(task, res).save(runs_dir / task.filename)
         results[(task.row.row, task.seed)] = res
         left = [t for t in todo if t.label not in finished]
         line = f"[{len(results)}/{len(tasks)}] {task.label}: {100 * res.test_acc:.2f}%"

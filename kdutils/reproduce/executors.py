@@ -92,6 +92,49 @@ def _recorded_seconds(
     return seconds
 
 
+# The provenance key under which a saved task result records the runs its
+# pipeline trained before it (TAKD's assistant, ALTKD's other teachers), by
+# cache folder, with their recorded training seconds: a table's or a search's
+# cost is then read from its own files, whatever the run cache holds.
+EARLIER_STAGES = "earlier_stages"
+
+
+def _with_stages(task: _Task, res: Result) -> Result:
+    """``res`` with the training seconds of ``task``'s earlier stages (found in
+    the run cache, where they have just run) in its provenance."""
+    stages = _recorded_seconds(task.plan[:-1], task.amp, {})
+    if stages:
+        res.provenance[EARLIER_STAGES] = stages
+    return res
+
+
+def _task_seconds(
+    tasks: Sequence[tuple[_Task, Result]], skip_methods: tuple[str, ...] = ()
+) -> dict[str, float]:
+    """The recorded training seconds of every run of ``tasks``, by cache
+    folder, each once: the final run's from its result, the earlier stages'
+    from the result's :data:`EARLIER_STAGES`, or, for a result saved before
+    it recorded them, from the run cache. Stages of ``skip_methods`` (a
+    search's teachers trained alone) are left out."""
+    seconds: dict[str, float] = {}
+    for task, res in tasks:
+        recorded = res.provenance.get(EARLIER_STAGES) or {}
+        for c in task.plan[:-1]:
+            if c.method in skip_methods:
+                continue
+            name = run_dir(c, amp=task.amp).name
+            if name in recorded:
+                seconds.setdefault(name, float(recorded[name]))
+            else:
+                _recorded_seconds([c], task.amp, seconds)
+        if task.final.method not in skip_methods:
+            seconds.setdefault(
+                run_dir(task.final, amp=task.amp).name,
+                float(res.final.get("train_seconds") or 0.0),
+            )
+    return seconds
+
+
 def _in_cache(task: _Task) -> bool:
     """Whether every run of ``task`` is already in the run cache (no training)."""
     return all((run_dir(c, amp=task.amp) / "result.json").exists() for c in task.plan)

@@ -33,8 +33,7 @@ import numpy as np
 from .. import stats
 from ..provenance import git_commit as _git_commit
 from ..results import Result, atomic_write_bytes
-from ..runs import run_dir
-from .executors import _recorded_seconds, _Task
+from .executors import _Task, _task_seconds
 from .rows import TableRow
 
 
@@ -243,15 +242,14 @@ def _table_provenance(
     """
     runs = list(results.values())
     # Each run once, by its cache folder (a saved result's path is the table's
-    # runs folder, not the run's own).
-    seconds: dict[str, float] = {}
-    for t in tasks:
-        res = results.get((t.row.row, t.seed))
-        if res is not None:
-            seconds[run_dir(t.final, amp=amp).name] = res.final.get(
-                "train_seconds", 0.0
-            )
-    _recorded_seconds([c for t in tasks for c in t.plan[:-1]], amp, seconds)
+    # runs folder, not the run's own), read from the saved results first.
+    seconds = _task_seconds(
+        [
+            (t, results[(t.row.row, t.seed)])
+            for t in tasks
+            if (t.row.row, t.seed) in results
+        ]
+    )
     prov = [r.provenance for r in runs]
     dates = sorted(str(p.get("date", ""))[:10] for p in prov if p.get("date"))
 

@@ -42,7 +42,7 @@ from ..errors import CorruptArtifact
 from ..provenance import git_commit
 from ..results import Result, atomic_write_bytes, set_aside
 from ..runs import run_dir
-from .executors import EXECUTORS, _recorded_seconds, _Task
+from .executors import EXECUTORS, _Task, _task_seconds, _with_stages
 from .rows import TableRow
 
 # The seed of every tuning run: none of the reported seeds (0, 1, 2, ...).
@@ -180,7 +180,7 @@ def tune(
     }
     chosen = {r.row: {} for r in rows}  # the knobs decided so far
     record: dict[str, Any] = {r.row: {"method": r.method, "steps": []} for r in rows}
-    searched: list[_Task] = []
+    searched: list[tuple[_Task, Result]] = []
     step = 0
     while True:
         step_rows = [r for r in rows if step < len(TUNING[r.method])]
@@ -197,8 +197,9 @@ def tune(
                 tasks.append(
                     _Task(row, seed, row.config(profile, seed, **overrides), amp=amp)
                 )
-        scores = _run_step(tasks, runs_dir, executor, **executor_args)
-        searched += tasks
+        found: dict[tuple[str, str], Result] = {}
+        scores = _run_step(tasks, runs_dir, executor, found, **executor_args)
+        searched += [(t, found[(t.row.row, _signature(t.row.args))]) for t in tasks]
         for r in step_rows:
             knob = TUNING[r.method][step]
             got = [
@@ -254,13 +255,12 @@ def tune(
     return chosen
 
 
-def _search_cost(tasks: Sequence[_Task]) -> dict[str, Any]:
+def _search_cost(tasks: Sequence[tuple[_Task, Result]]) -> dict[str, Any]:
     """The search's own runs, each once, and their recorded training time:
     every stage of every candidate but the teachers trained alone (``ce``),
-    which the search shares with the default table."""
-    amp = tasks[0].amp if tasks else None  # one precision per reproduction
-    stages = [c for t in tasks for c in t.plan if c.method != "ce"]
-    seconds = _recorded_seconds(stages, amp, {})
+    which the search shares with the default table; read from the candidates'
+    records (see :func:`~kdutils.reproduce.executors._task_seconds`)."""
+    seconds = _task_seconds(tasks, skip_methods=("ce",))
     return {
         "search_runs": len(seconds),
         "train_seconds": round(sum(seconds.values()), 1),
@@ -268,10 +268,15 @@ def _search_cost(tasks: Sequence[_Task]) -> dict[str, Any]:
 
 
 def _run_step(
-    tasks: Sequence[_Task], runs_dir: Path, executor: str, **executor_args: Any
+    tasks: Sequence[_Task],
+    runs_dir: Path,
+    executor: str,
+    found: dict[tuple[str, str], Result],
+    **executor_args: Any,
 ) -> dict[tuple[str, str], tuple[float, str]]:
     """Run (or read back) every candidate; ``{(row, args signature):
-    (validation accuracy, run id)}``."""
+    (validation accuracy, run id)}``, and each candidate's result put in
+    ``found`` under the same key."""
     scores: dict[tuple[str, str], tuple[float, str]] = {}
 
     def path(t: _Task) -> Path:
@@ -280,6 +285,7 @@ def _run_step(
     def keep(t: _Task, res: Result) -> None:
         run_id = run_dir(t.final, amp=t.amp).name
         scores[(t.row.row, _signature(t.row.args))] = (val_score(res), run_id)
+        found[(t.row.row, _signature(t.row.args))] = res
 
     # A later knob's grid holds the setting an earlier step already ran (the
     # chosen weight at the default temperature): under another file name, the
@@ -317,7 +323,7 @@ def _run_step(
         print(f"[tune] {n_done} of {len(tasks)} candidates already done")
 
     def done(t: _Task, res: Result) -> None:
-        res.save(path(t))
+        _with_stages(t, res).save(path(t))
         keep(t, res)
         print(
             f"[tune] {t.row.row} {_signature(t.row.args, ', ')}: validation "
