@@ -97,8 +97,6 @@ def record(
     book = {stem: i for i, stem in enumerate(chapters())}
     for profile, seconds in by_profile.items():
         if add:
-            if cache is not None:
-                sys.exit("--add records wall clock only, not --cache training")
             if profile not in data:
                 sys.exit(f"--add: {path} has no {profile} entry to add to")
             entry = data[profile]
@@ -112,6 +110,21 @@ def record(
                     "cache": how,
                 }
             entry["apart"] = dict(sorted(apart.items()))
+            if cache is not None and "training" in entry:
+                # these chapters' runs, from a cache that started empty for them
+                per = runs(cache, nb_of[profile], every_key=True)[1]
+                missing = {st: d["missing"] for st, d in per.items() if d["missing"]}
+                if missing:
+                    sys.exit(f"runs not in the cache {cache}: {missing}")
+                entry["training"].update(
+                    {
+                        st: dict(
+                            seconds=d["seconds"], runs=d["first"], repeats=d["repeats"]
+                        )
+                        for st, d in per.items()
+                    }
+                )
+                entry["training"] = dict(sorted(entry["training"].items()))
             continue
         data[profile] = {
             "cpu": cpu(),

@@ -247,6 +247,13 @@ def test_add_keeps_the_profile_and_notes_the_chapter_measured_apart(tmp_path):
     assert "`quick` (the chapters not listed below): measured on cpu A" in text
     assert f"`quick`, {stems[1]}: measured apart on " in text
     assert "replaying committed runs." in text
+    # with a cache that started empty for it, the chapter's training too
+    cache = tmp_path / "cache"
+    _record(cache, "runs", "ce-a-s0-0123456789ab", {"final": {"train_seconds": 7.0}})
+    chapter_times.record(out, [str(f)], "replaying", cache=cache, add=True)
+    d = json.loads(out.read_text())["quick"]
+    assert d["training"][stems[1]] == {"seconds": 7.0, "runs": 1, "repeats": 0.0}
+    assert d["training"][stems[0]] == {"seconds": 500.0, "runs": 2}
     # --add needs an entry to add to
     with pytest.raises(SystemExit):
         chapter_times.record(tmp_path / "none.json", [str(f)], "h", add=True)
