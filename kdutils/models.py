@@ -34,22 +34,30 @@ __all__ = [
 
 
 class PointwiseDownsample(nn.Conv2d):
-    """The downsampling shortcut's strided 1x1 convolution, safe on AVX2 CPUs.
+    """The downsampling shortcut's strided 1x1 convolution, safe on CPUs.
 
-    With fewer than 8 input channels the strided convolution is computed as
+    With fewer than 16 input channels the strided convolution is computed as
     what it is, a stride-1 1x1 convolution of every ``stride``-th pixel: the
     same products and sums, the same parameters. Why: in torch 2.14.1
-    (oneDNN 3.12), on a CPU limited to AVX2 (no AVX-512), the weight gradient
-    of a strided 1x1 convolution in channels_last with under 8 input
-    channels corrupts the heap with one thread (SIGSEGV/SIGABRT) and spins
-    without end with two; a stride-1 1x1 convolution and 8 or more channels
-    are fine (``bench/avx2_pointwise.py`` reproduces it). Only the narrow
-    networks of channel planting (chapter 11) have such a shortcut; every
-    other model takes the plain path.
+    (oneDNN 3.12) the backward pass of a strided 1x1 convolution in
+    channels_last with few input channels crashes (SIGSEGV, SIGABRT "double
+    free or corruption") or spins:
+
+    - on a CPU limited to AVX2 (no AVX-512), under 8 input channels, with one
+      thread (it spins with two);
+    - on an AVX-512 AMD EPYC (session 19), under 16 input channels, with two
+      threads and a batch that is not a multiple of the blocking (7 or 39
+      images: a data set's last batch), also with every output width tried.
+
+    A stride-1 1x1 convolution, 3x3 convolutions, and 16 or more input
+    channels are fine on both (``bench/avx2_pointwise.py`` reproduces it).
+    Only the narrow networks of channel planting (chapter 11) have such a
+    shortcut; every other model (shortcuts of 16 channels or more) takes the
+    plain path.
     """
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.in_channels >= 8 or self.stride == (1, 1):
+        if self.in_channels >= 16 or self.stride == (1, 1):
             return super().forward(x)
         sh, sw = self.stride
         return F.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias)

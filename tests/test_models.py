@@ -191,7 +191,7 @@ def test_any_depth_and_widths_by_name():
             kd.create_model(bad)
 
 
-@pytest.mark.parametrize("cin", [2, 7, 8, 16])
+@pytest.mark.parametrize("cin", [2, 7, 8, 12, 16])
 def test_pointwise_downsample_is_the_strided_1x1_convolution(cin):
     torch.manual_seed(0)
     plain = nn.Conv2d(cin, 4, 1, 2, bias=False)
@@ -234,3 +234,26 @@ def test_narrow_downsampling_shortcuts_train_with_onednn_limited_to_avx2():
         if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1)
     ]
     assert shortcuts and all(isinstance(m, PointwiseDownsample) for m in shortcuts)
+
+
+def test_shortcuts_of_8_to_15_channels_train_with_two_threads_and_odd_batches():
+    """The crash of a strided 1x1 backward pass with under 16 input channels,
+    two threads and a batch of 7 or 39 (torch 2.14.1, an AVX-512 AMD EPYC,
+    channels_last): it killed chapter 11's smoke run at THREADS=2 in the
+    planted resnet8_w8-8-8-16, whose data's last batch has 7 images. With a
+    plain nn.Conv2d shortcut this child dies on that CPU."""
+    code = (
+        "import torch; torch.set_num_threads(2)\n"
+        "import kdutils as kd\n"
+        "m = kd.create_model('resnet8_w8-8-12-12', 10, 1)"
+        ".to(memory_format=torch.channels_last)\n"
+        "for bs in (7, 39, 7, 39):\n"
+        "    x = torch.randn(bs, 1, 28, 28).to(memory_format=torch.channels_last)\n"
+        "    for _ in range(5):\n"
+        "        torch.nn.functional.cross_entropy(m(x), torch.zeros(bs).long())"
+        ".backward()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
