@@ -1,13 +1,16 @@
-"""The AVX2 crash of strided 1x1 convolutions, and what kdutils' workaround costs.
+"""The crashes of strided 1x1 convolutions, and what kdutils' workaround costs.
 
-torch 2.14.1 (oneDNN 3.12) on a CPU limited to AVX2: the weight gradient of a
-1x1 convolution with stride 2, in channels_last, with fewer than 8 input
-channels, corrupts the heap (one thread) or spins (two threads). This script
+torch 2.14.1 (oneDNN 3.12): the backward pass of a 1x1 convolution with
+stride 2, in channels_last, with few input channels, corrupts the heap or
+spins: on a CPU limited to AVX2, under 8 channels (one thread: a crash; two:
+it spins); on an AVX-512 AMD EPYC, under 16 channels with two threads and a
+batch of 7 or 39 images. This script
 
 1. runs that backward pass in a child process for several channel counts,
    plain (``nn.Conv2d``) and through ``kdutils.models.PointwiseDownsample``,
    with oneDNN limited to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``, which imitates an
-   AVX2-only CPU on an AVX-512 one), and prints which end well;
+   AVX2-only CPU on an AVX-512 one), and then on this CPU's own instructions
+   with two threads and a batch of 39, and prints which end well;
 2. times a training step of a narrow planted ResNet8 with the workaround and,
    where the CPU allows the plain path (AVX-512), without it.
 
@@ -26,24 +29,36 @@ import sys, torch
 from torch import nn
 from kdutils.models import PointwiseDownsample
 torch.set_num_threads(int(sys.argv[3]))
-cin, kind = int(sys.argv[1]), sys.argv[2]
+cin, kind, batch = int(sys.argv[1]), sys.argv[2], int(sys.argv[4])
 cls = PointwiseDownsample if kind == "kdutils" else nn.Conv2d
 conv = cls(cin, 2 * cin, 1, 2, bias=False).to(memory_format=torch.channels_last)
-x = torch.randn(64, cin, 28, 28).to(memory_format=torch.channels_last)
+x = torch.randn(batch, cin, 28, 28).to(memory_format=torch.channels_last)
 for _ in range(10):
     conv(x).square().sum().backward()
 """
 
 
-def crash_table(threads: int) -> None:
-    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"}
-    print(f"strided 1x1 backward, channels_last, AVX2 only, {threads} thread(s):")
-    for cin in (1, 2, 4, 7, 8, 16):
+def crash_table(threads: int, avx2: bool = True, batch: int = 64) -> None:
+    env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2"} if avx2 else dict(os.environ)
+    isa = "AVX2 only" if avx2 else "this CPU's instructions"
+    print(
+        f"strided 1x1 backward, channels_last, {isa}, {threads} thread(s), "
+        f"batch {batch}:"
+    )
+    for cin in (1, 2, 4, 7, 8, 12, 16):
         row = []
         for kind in ("nn.Conv2d", "kdutils"):
             try:
                 rc = subprocess.run(
-                    [sys.executable, "-c", CHILD, str(cin), kind, str(threads)],
+                    [
+                        sys.executable,
+                        "-c",
+                        CHILD,
+                        str(cin),
+                        kind,
+                        str(threads),
+                        str(batch),
+                    ],
                     env=env,
                     capture_output=True,
                     timeout=60,
@@ -100,4 +115,5 @@ def timing() -> None:
 if __name__ == "__main__":
     crash_table(1)
     crash_table(2)
+    crash_table(2, avx2=False, batch=39)
     timing()
