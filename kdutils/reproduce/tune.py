@@ -197,13 +197,12 @@ def tune(
                 tasks.append(
                     _Task(row, seed, row.config(profile, seed, **overrides), amp=amp)
                 )
-        found: dict[tuple[str, str], Result] = {}
-        scores = _run_step(tasks, runs_dir, executor, found, **executor_args)
-        searched += [(t, found[(t.row.row, _signature(t.row.args))]) for t in tasks]
+        ran = _run_step(tasks, runs_dir, executor, **executor_args)
+        searched += ran.values()
         for r in step_rows:
             knob = TUNING[r.method][step]
             got = [
-                scores[(r.row, _signature({**chosen[r.row], **c}))]
+                _score(*ran[(r.row, _signature({**chosen[r.row], **c}))])
                 for c in cands[r.row]
             ]
             pick = choose(cands[r.row], [s for s, _ in got], knob, defaults[r.row])
@@ -267,25 +266,23 @@ def _search_cost(tasks: Sequence[tuple[_Task, Result]]) -> dict[str, Any]:
     }
 
 
+def _score(t: _Task, res: Result) -> tuple[float, str]:
+    """A candidate's validation accuracy and its run's id (cache folder)."""
+    return val_score(res), run_dir(t.final, amp=t.amp).name
+
+
 def _run_step(
-    tasks: Sequence[_Task],
-    runs_dir: Path,
-    executor: str,
-    found: dict[tuple[str, str], Result],
-    **executor_args: Any,
-) -> dict[tuple[str, str], tuple[float, str]]:
-    """Run (or read back) every candidate; ``{(row, args signature):
-    (validation accuracy, run id)}``, and each candidate's result put in
-    ``found`` under the same key."""
-    scores: dict[tuple[str, str], tuple[float, str]] = {}
+    tasks: Sequence[_Task], runs_dir: Path, executor: str, **executor_args: Any
+) -> dict[tuple[str, str], tuple[_Task, Result]]:
+    """Run (or read back) every candidate; ``{(row, args signature): (task,
+    result)}``."""
+    ran: dict[tuple[str, str], tuple[_Task, Result]] = {}
 
     def path(t: _Task) -> Path:
         return runs_dir / f"{t.row.slug}-{_signature(t.row.args)}.json"
 
     def keep(t: _Task, res: Result) -> None:
-        run_id = run_dir(t.final, amp=t.amp).name
-        scores[(t.row.row, _signature(t.row.args))] = (val_score(res), run_id)
-        found[(t.row.row, _signature(t.row.args))] = res
+        ran[(t.row.row, _signature(t.row.args))] = (t, res)
 
     # A later knob's grid holds the setting an earlier step already ran (the
     # chosen weight at the default temperature): under another file name, the
@@ -333,4 +330,4 @@ def _run_step(
 
     run: Callable[..., None] = EXECUTORS[executor]
     run(todo, done, **executor_args)
-    return scores
+    return ran
