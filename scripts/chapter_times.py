@@ -94,60 +94,52 @@ def record(
             sys.exit(f"{nb}: no papermill duration for a profile in {PROFILES}")
         by_profile.setdefault(profile, {})[Path(nb).stem] = round(meta["duration"], 1)
         nb_of.setdefault(profile, []).append(nb)
-    book = {stem: i for i, stem in enumerate(chapters())}
     for profile, seconds in by_profile.items():
         if add:
             if profile not in data:
                 sys.exit(f"--add: {path} has no {profile} entry to add to")
             entry = data[profile]
             entry["seconds"] = dict(sorted({**entry["seconds"], **seconds}.items()))
-            apart = entry.setdefault("apart", {})
-            for stem in seconds:
-                apart[stem] = {
-                    "cpu": cpu(),
-                    "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-                    "commit": commit(),
-                    "cache": how,
-                }
+            apart = {**entry.get("apart", {}), **dict.fromkeys(seconds, where(how))}
             entry["apart"] = dict(sorted(apart.items()))
             if cache is not None and "training" in entry:
                 # these chapters' runs, from a cache that started empty for them
-                per = runs(cache, nb_of[profile], every_key=True)[1]
-                missing = {st: d["missing"] for st, d in per.items() if d["missing"]}
-                if missing:
-                    sys.exit(f"runs not in the cache {cache}: {missing}")
-                entry["training"].update(
-                    {
-                        st: dict(
-                            seconds=d["seconds"], runs=d["first"], repeats=d["repeats"]
-                        )
-                        for st, d in per.items()
-                    }
-                )
-                entry["training"] = dict(sorted(entry["training"].items()))
+                training = {**entry["training"], **_training(cache, nb_of[profile])}
+                entry["training"] = dict(sorted(training.items()))
             continue
-        data[profile] = {
-            "cpu": cpu(),
-            "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-            "commit": commit(),
-            "cache": how,
-            "seconds": dict(sorted(seconds.items())),
-        }
+        data[profile] = {**where(how), "seconds": dict(sorted(seconds.items()))}
         if cache is not None:
-            ordered = sorted(
-                nb_of[profile], key=lambda nb: book.get(Path(nb).stem, 999)
-            )
-            # the cache started empty: every key of a name was trained once
-            per = runs(cache, ordered, every_key=True)[1]
-            missing = {stem: d["missing"] for stem, d in per.items() if d["missing"]}
-            if missing:
-                sys.exit(f"runs not in the cache {cache}: {missing}")
-            data[profile]["training"] = {
-                stem: dict(seconds=d["seconds"], runs=d["first"], repeats=d["repeats"])
-                for stem, d in sorted(per.items())
-            }
+            data[profile]["training"] = _training(cache, nb_of[profile])
     path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     print(f"recorded {sum(map(len, by_profile.values()))} chapter times in {path}")
+
+
+def where(how: str) -> dict[str, str]:
+    """Where and how a time is measured now: the CPU, the date, the commit and
+    ``how`` (stored under ``cache``)."""
+    return {
+        "cpu": cpu(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "commit": commit(),
+        "cache": how,
+    }
+
+
+def _training(cache: Path, notebooks: list[str]) -> dict[str, dict]:
+    """Each chapter's runs and their training from ``cache``, which started
+    empty for these notebooks (taken in the book's order, so a shared run
+    counts for the first chapter that uses it)."""
+    book = {stem: i for i, stem in enumerate(chapters())}
+    ordered = sorted(notebooks, key=lambda nb: book.get(Path(nb).stem, 999))
+    # the cache started empty: every key of a name was trained once
+    per = runs(cache, ordered, every_key=True)[1]
+    missing = {stem: d["missing"] for stem, d in per.items() if d["missing"]}
+    if missing:
+        sys.exit(f"runs not in the cache {cache}: {missing}")
+    return {
+        stem: dict(seconds=d["seconds"], runs=d["first"], repeats=d["repeats"])
+        for stem, d in sorted(per.items())
+    }
 
 
 def chapters() -> list[str]:
